@@ -1,0 +1,1 @@
+"""Routing and resilience: which upstream serves a request, retries, fallbacks, breakers."""

@@ -1,0 +1,100 @@
+"""Input-token estimates with tiktoken, and a heuristic when no encoding can be loaded.
+
+The heuristic (about 4 characters a token, rounded up) keeps the sidecar running offline; a warning
+says so once at startup. Chat messages add OpenAI's per-message framing (3 tokens each, 3 to prime).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any
+
+log = logging.getLogger("proxy.tokens")
+
+_O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o")
+_THREAD_THRESHOLD = 64 * 1024  # characters; tokenising more than this goes off the event loop
+
+
+class TokenCounter:
+    """Counts tokens for a model's encoding; encodings load once (`load()`), lazily otherwise."""
+
+    def __init__(self) -> None:
+        self._encodings: dict[str, Any] = {}
+        self._unavailable = False
+
+    def load(self) -> bool:
+        """Load both encodings now; False (with one warning) when tiktoken cannot."""
+        for name in ("o200k_base", "cl100k_base"):
+            self._encoding(name)
+        return not self._unavailable
+
+    @property
+    def exact(self) -> bool:
+        return not self._unavailable
+
+    @staticmethod
+    def encoding_name(model: str | None) -> str:
+        if model and model.startswith(("gpt-4", "gpt-3.5", "text-embedding")) and not \
+                model.startswith(_O200K_PREFIXES):
+            return "cl100k_base"
+        return "o200k_base"
+
+    def _encoding(self, name: str) -> Any:
+        if self._unavailable:
+            return None
+        if name not in self._encodings:
+            try:
+                import tiktoken
+
+                self._encodings[name] = tiktoken.get_encoding(name)
+            except Exception as exc:  # offline, no cache dir, corrupt file: all mean the same
+                self._unavailable = True
+                log.warning(
+                    "tiktoken encodings unavailable (%s); token counts are estimated as "
+                    "characters/4. Set TIKTOKEN_CACHE_DIR to a folder with the encodings.",
+                    type(exc).__name__,
+                )
+                return None
+        return self._encodings[name]
+
+    def count_text(self, text: str, model: str | None = None) -> int:
+        encoding = self._encoding(self.encoding_name(model))
+        if encoding is None:
+            return math.ceil(len(text) / 4)
+        return len(encoding.encode(text, disallowed_special=()))
+
+    def count_request(self, body: dict[str, Any], model: str | None = None) -> int:
+        """Input tokens of a chat, completions, embeddings or responses request body."""
+        framing = 0
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            framing = 3 + 3 * len(messages)
+        text = "\n".join(_texts(body))
+        return framing + (self.count_text(text, model) if text else 0)
+
+    async def count_request_async(self, body: dict[str, Any], model: str | None = None) -> int:
+        """Like `count_request`, off the event loop when the body is large."""
+        if sum(len(t) for t in _texts(body)) > _THREAD_THRESHOLD:
+            return await asyncio.to_thread(self.count_request, body, model)
+        return self.count_request(body, model)
+
+
+def _texts(body: dict[str, Any]) -> Iterator[str]:
+    for key in ("messages", "prompt", "input", "instructions", "tools"):
+        if key in body:
+            yield from _strings(body[key], key == "tools")
+
+
+def _strings(value: Any, whole: bool = False) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item, whole)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if whole or key in ("content", "text", "arguments", "name", "input", "output"):
+                yield from _strings(item, whole)

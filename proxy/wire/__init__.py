@@ -1,0 +1,1 @@
+"""The OpenAI wire protocol: request parsing and validation, SSE framing, error events."""
