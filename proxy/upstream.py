@@ -45,6 +45,7 @@ class UpstreamClient:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
@@ -65,8 +66,10 @@ class UpstreamClient:
         strip_usage = _request_usage(ex)
         url = upstream.base_url + ex.path[3:] + (f"?{ex.query}" if ex.query else "")
         timeouts = upstream.timeouts
-        timeout = aiohttp.ClientTimeout(total=timeouts.total, sock_connect=timeouts.connect,
-                                        sock_read=timeouts.idle)
+        timeout = self._timeouts.get(upstream.name)
+        if timeout is None:
+            timeout = self._timeouts[upstream.name] = aiohttp.ClientTimeout(
+                total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.idle)
         assert self._session is not None, "UpstreamClient.start() was not awaited"
         data = _request_data(ex) if model is None or ex.body is None else \
             orjson.dumps({**ex.body, "model": model})

@@ -23,7 +23,11 @@ class CircuitBreaker:
     consecutive: int = 0
     opened_at: float = 0.0
     probing: bool = False
-    outcomes: deque[tuple[float, bool]] = field(default_factory=deque)
+    # one [second, outcomes, failures] bucket per second of the window, with running totals, so a
+    # busy upstream costs O(1) per request and bounded memory
+    buckets: deque[list[int]] = field(default_factory=deque)
+    total: int = 0
+    failures: int = 0
 
     def allow(self, now: float) -> bool:
         """May a request go now? In half-open only one probe at a time goes."""
@@ -48,22 +52,37 @@ class CircuitBreaker:
                 self._open(now)
             return
         self.consecutive = 0 if ok else self.consecutive + 1
-        self.outcomes.append((now, ok))
-        while self.outcomes and self.outcomes[0][0] < now - self.config.window:
-            self.outcomes.popleft()
-        failures = sum(1 for _, good in self.outcomes if not good)
-        rate_tripped = (len(self.outcomes) >= self.config.min_requests
-                        and failures >= self.config.error_rate * len(self.outcomes))
+        self._count(ok, now)
+        rate_tripped = (self.total >= self.config.min_requests
+                        and self.failures >= self.config.error_rate * self.total)
         if self.config.enabled and (self.consecutive >= self.config.consecutive_failures
                                     or rate_tripped):
             self._open(now)
 
+    def _count(self, ok: bool, now: float) -> None:
+        second = int(now)
+        if not self.buckets or self.buckets[-1][0] != second:
+            self.buckets.append([second, 0, 0])
+        bucket = self.buckets[-1]
+        bucket[1] += 1
+        bucket[2] += 0 if ok else 1
+        self.total += 1
+        self.failures += 0 if ok else 1
+        while self.buckets[0][0] <= now - self.config.window - 1:
+            _, total, failures = self.buckets.popleft()
+            self.total -= total
+            self.failures -= failures
+
     def _open(self, now: float) -> None:
         self.state = "open"
         self.opened_at = now
-        self.outcomes.clear()
+        self._forget()
 
     def _close(self) -> None:
         self.state = "closed"
         self.consecutive = 0
-        self.outcomes.clear()
+        self._forget()
+
+    def _forget(self) -> None:
+        self.buckets.clear()
+        self.total = self.failures = 0

@@ -66,6 +66,8 @@ class Router:
         return found
 
     def candidates(self, primary: UpstreamConfig) -> list[tuple[UpstreamConfig, str | None]]:
+        if primary.pool is None and not primary.fallbacks:
+            return [(primary, None)]
         pool = [primary]
         if primary.pool is not None:
             pool = [u for u in self.settings.upstreams if u.pool == primary.pool]
