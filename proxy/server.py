@@ -29,6 +29,7 @@ from proxy.errors import (
 from proxy.exchange import Endpoint, Exchange, Reply
 from proxy.pipeline import Clock, Pipeline, PolicyContext, SystemClock
 from proxy.policies import create_policies
+from proxy.pricing import Pricing
 from proxy.routing.router import Router
 from proxy.state import StateBackend
 from proxy.tokens import TokenCounter
@@ -83,6 +84,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         context = PolicyContext(settings=settings, state=state, tokens=tokens, clock=app[CLOCK],
                                 upstream=router)
         context.extras["route"] = router.route
+        context.extras["pricing"] = await asyncio.to_thread(
+            Pricing.load, settings.pricing.models, settings.pricing.default)
         policies = await create_policies(config.policies, context)
         pipeline = Pipeline(policies, context.terminal(router))
         try:

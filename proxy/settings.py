@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from proxy.pricing import PricingConfig
 from proxy.units import ByteSize, Duration
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -28,6 +29,11 @@ class ServerConfig(_Model):
     max_body_size: ByteSize = Field(32 << 20, description="Largest request body accepted (413).")
     drain_timeout: Duration = Field(30.0, description="On SIGTERM, how long in-flight work may run.")
     admin_key: SecretStr | None = Field(None, description="Bearer key for /admin/*; unset: off.")
+
+    @field_validator("admin_key")
+    @classmethod
+    def _empty_admin_key_is_off(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
     access_log: bool = Field(False, description="Log one line per request (no bodies, no keys).")
     trust_forwarded_for: bool = Field(
         False, description="Take the client ip from X-Forwarded-For (only behind a trusted proxy)."
@@ -92,6 +98,11 @@ class UpstreamConfig(_Model):
     def _empty_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value() else None
 
+    @field_validator("pool")
+    @classmethod
+    def _empty_pool_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
 
 class RoutingConfig(_Model):
     strategy: Literal["weighted", "least_busy", "latency"] = Field(
@@ -143,6 +154,7 @@ class Settings(BaseSettings):
     upstreams: list[UpstreamConfig] = Field([], description="Upstreams; empty: OpenAI.")
     state: StateConfig = Field(default_factory=StateConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
     policy_files: list[str] = Field([], description="Globs of policy TOML files.")
     keys: list[KeyConfig] = Field([], description="Virtual keys; empty: the client key is identity.")
     cache: dict[str, Any] | None = None
@@ -183,5 +195,5 @@ class Settings(BaseSettings):
         return self
 
 
-POLICY_SECTIONS = ("cache", "semantic_cache", "pii", "tracing")
+POLICY_SECTIONS = ("cache", "semantic_cache", "pii", "tracing", "pricing")
 POLICY_LISTS = ("limits", "budgets", "experiments", "keys")

@@ -96,9 +96,7 @@ async def start_app(config_path: Path, env: Mapping[str, str] | None,
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    server = site._server
-    assert server is not None and server.sockets
-    port = server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     return app, runner, f"http://127.0.0.1:{port}"
 
 

@@ -118,3 +118,10 @@ def test_check_config_cli(tmp_path: Path) -> None:
     assert f"{bad}: server.port: Input should be a valid integer, unable to parse string as an " \
            "integer" in lines
     assert f"{bad}: server.wat: Extra inputs are not permitted" in lines
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[1] / "config.example.toml"
+    config = load_config(example, {"OPENAI_API_KEY": "sk-x"})
+    assert config.settings.upstreams[0].pool is None
+    assert config.settings.server.admin_key is None

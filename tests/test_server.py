@@ -95,7 +95,8 @@ def test_client_key_passes_through_when_no_upstream_key(sidecar: Sidecar) -> Non
 def test_upstream_key_is_injected_and_never_leaks(start_sidecar, caplog) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.DEBUG)
     sidecar = start_sidecar('[[upstreams]]\nname = "mock"\nbase_url = "{mock}"\n'
-                            'api_key = "${UPSTREAM_SECRET}"\nretries = 0\n', env={"UPSTREAM_SECRET": "sk-up-xyz"})
+                            'api_key = "${UPSTREAM_SECRET}"\nretries = 0\n',
+                            env={"UPSTREAM_SECRET": "sk-up-xyz"})
     sidecar.client(api_key="sk-client").chat.completions.create(**CHAT)
     assert sidecar.mock.received[-1].headers["Authorization"] == "Bearer sk-up-xyz"
     sidecar.mock.fault("reset", times=1)

@@ -81,7 +81,7 @@ class ExperimentsPolicy:
     def __init__(self, experiments: list[Config], ctx: PolicyContext) -> None:
         self.experiments = experiments
         self.route = ctx.extras.get("route")
-        self.cost = ctx.extras.get("cost")
+        self.extras = ctx.extras  # the budget policy, created later, may replace the pricing
         self.stats = {(e.name, v.name): VariantStats() for e in experiments for v in e.variants}
         counter = ctx.meter.create_counter("sidecar.experiment.requests", unit="{request}",
                                            description="Requests per experiment variant")
@@ -149,10 +149,10 @@ class ExperimentsPolicy:
         usage = reply.final_usage() if reply is not None else None
         if usage:
             stats.tokens.add(float(usage.get("total_tokens") or 0))
-            if self.cost is not None:
-                cost = self.cost(model, usage)
-                if cost is not None:
-                    stats.cost.add(cost)
+            pricing = self.extras.get("pricing")
+            cost = pricing.cost(model, usage) if pricing is not None else None
+            if cost is not None:
+                stats.cost.add(cost)
 
     async def admin(self, request: web.Request) -> web.Response:
         return web.json_response({"experiments": [self.report(e) for e in self.experiments]})

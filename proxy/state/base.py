@@ -22,7 +22,8 @@ class KVStore(Protocol):
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None: ...
+    async def set(self, key: str, value: bytes, ttl: float) -> bool:
+        """Store `value` for `ttl` seconds; False when it was not stored (too big, backend down)."""
 
     async def delete(self, key: str) -> bool: ...
 

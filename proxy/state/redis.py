@@ -19,9 +19,13 @@ log = logging.getLogger("proxy.state")
 
 class RedisConnection:
     def __init__(self, url: str, prefix: str, timeout: float) -> None:
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
+        # A blocking pool waits for a free connection instead of failing past its size under load.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=256, timeout=timeout, socket_timeout=timeout,
+            socket_connect_timeout=timeout,
         )
+        self._pool = pool
+        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self.prefix = prefix
         self.healthy = True
         self._scripts: dict[str, AsyncScript] = {}
@@ -68,3 +72,4 @@ class RedisConnection:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        await self._pool.disconnect()

@@ -1,0 +1,17 @@
+-- wrk script for bench/run.py: POST one small chat completion, print a JSON summary line at the end.
+-- BENCH_BODY overrides the request body.
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-bench-client"
+wrk.body = os.getenv("BENCH_BODY")
+  or '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello to the benchmark."}]}'
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH {"requests": %d, "duration_us": %d, "errors": %d, "status_errors": %d, '
+      .. '"mean_us": %.1f, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency.mean, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max))
+end

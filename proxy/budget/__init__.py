@@ -1,0 +1,1 @@
+"""Budget machinery used by the `[[budgets]]` policy: calendar periods, rules, alerts, admin API."""

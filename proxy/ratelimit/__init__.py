@@ -1,0 +1,1 @@
+"""Rate-limit internals: rule compilation, token estimates and reconciliation, client headers."""
