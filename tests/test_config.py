@@ -120,8 +120,17 @@ def test_check_config_cli(tmp_path: Path) -> None:
     assert f"{bad}: server.wat: Extra inputs are not permitted" in lines
 
 
-def test_the_shipped_example_config_is_valid() -> None:
+def test_the_shipped_example_config_is_valid(tmp_path: Path) -> None:
     example = Path(__file__).resolve().parents[1] / "config.example.toml"
     config = load_config(example, {"OPENAI_API_KEY": "sk-x"})
     assert config.settings.upstreams[0].pool is None
     assert config.settings.server.admin_key is None
+    # Its commented-out policy sections are valid too, once uncommented.
+    text = example.read_text()
+    head, rest = text.split("# >>> policy sections\n")
+    block = rest.split("# <<< policy sections")[0]
+    sections = "\n".join(line[2:] if line.startswith("# ") else "" for line in block.splitlines())
+    enabled = load_config(write(tmp_path / "full.toml", head + sections),
+                          {"OPENAI_API_KEY": "sk-x", "PII_HASH_KEY": "k" * 32})
+    assert {name for name, value in enabled.policies.items() if value} >= {
+        "cache", "semantic_cache", "limits", "budgets", "pii", "tracing"}
