@@ -20,15 +20,11 @@ class Drain:
         self.tasks: set[asyncio.Task[object]] = set()
         self.deadline_passed = False
 
-    def track(self) -> asyncio.Task[object] | None:
-        task = asyncio.current_task()
-        if task is not None:
-            self.tasks.add(task)
-        return task
+    def track(self, task: asyncio.Task[object]) -> None:
+        self.tasks.add(task)
 
-    def untrack(self, task: asyncio.Task[object] | None) -> None:
-        if task is not None:
-            self.tasks.discard(task)
+    def untrack(self, task: asyncio.Task[object]) -> None:
+        self.tasks.discard(task)
 
     async def begin(self, app: web.Application) -> None:
         """on_shutdown: the listener is closed; give in-flight work `timeout` seconds."""

@@ -45,7 +45,9 @@ class Timeouts(_Model):
     first_byte: Duration = Field(
         600.0, description="Until the upstream's response headers (a whole JSON answer)."
     )
-    idle: Duration = Field(300.0, description="Longest silence between two streamed chunks.")
+    idle: Duration = Field(
+        600.0, description="Longest socket silence, between streamed chunks or before the headers."
+    )
     total: Duration = Field(900.0, description="Whole exchange with the upstream, stream included.")
 
 

@@ -11,7 +11,6 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncGenerator
-from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -74,12 +73,18 @@ class UpstreamClient:
         data = _request_data(ex) if model is None or ex.body is None else \
             orjson.dumps({**ex.body, "model": model})
         sent = time.perf_counter()
-        with _translated(upstream, timeouts.first_byte):
-            async with asyncio.timeout(timeouts.first_byte):
-                response = await self._session.request(
-                    ex.method, url, data=data, headers=_request_headers(ex, upstream),
-                    timeout=timeout, auto_decompress=ex.endpoint is not Endpoint.PASSTHROUGH,
-                )
+        request = self._session.request(
+            ex.method, url, data=data, headers=_request_headers(ex, upstream),
+            timeout=timeout, auto_decompress=ex.endpoint is not Endpoint.PASSTHROUGH,
+        )
+        with _Translated(upstream, min(timeouts.first_byte, timeouts.idle)):
+            # aiohttp's socket-read timeout (idle) already bounds the wait for the headers; a
+            # separate timer is only needed when first_byte is the shorter of the two.
+            if timeouts.first_byte < timeouts.idle:
+                async with asyncio.timeout(timeouts.first_byte):
+                    response = await request
+            else:
+                response = await request
         ex.upstream_wait += time.perf_counter() - sent
         try:
             return await self._reply(ex, upstream, response, strip_usage)
@@ -102,7 +107,7 @@ class UpstreamClient:
             reply.stream = _relay_raw(upstream, response, reply)
             reply.outcome = "pending"
             return reply
-        with _translated(upstream, upstream.timeouts.total):
+        with _Translated(upstream, upstream.timeouts.total):
             body = await response.read()
         response.release()
         if response.status >= 400:
@@ -275,19 +280,30 @@ def _error_body(upstream: UpstreamConfig, status: int, body: bytes) -> bytes:
     return orjson.dumps(envelope(message, "upstream_error", code=f"upstream_http_{status}"))
 
 
-@contextmanager
-def _translated(upstream: UpstreamConfig, waited: float) -> Any:
+class _Translated:
     """Turn aiohttp and timeout errors into UpstreamErrors that name the upstream only."""
-    try:
-        yield
-    except TimeoutError:
-        raise UpstreamTimeout(
-            f"upstream '{upstream.name}' did not answer within {waited:g}s") from None
-    except aiohttp.ClientConnectorError:
-        raise UpstreamUnreachable(f"upstream '{upstream.name}' is unreachable") from None
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError):
-        raise UpstreamUnreachable(
-            f"upstream '{upstream.name}' closed the connection before answering") from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamProtocolError(
-            f"upstream '{upstream.name}' failed: {type(exc).__name__}") from None
+
+    __slots__ = ("upstream", "waited")
+
+    def __init__(self, upstream: UpstreamConfig, waited: float) -> None:
+        self.upstream = upstream
+        self.waited = waited
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> None:
+        if exc is None:
+            return
+        name = self.upstream.name
+        if isinstance(exc, TimeoutError):
+            raise UpstreamTimeout(f"upstream '{name}' did not answer within {self.waited:g}s") from None
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            raise UpstreamUnreachable(f"upstream '{name}' is unreachable") from None
+        if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
+                      | aiohttp.ClientPayloadError):
+            raise UpstreamUnreachable(
+                f"upstream '{name}' closed the connection before answering") from None
+        if isinstance(exc, aiohttp.ClientError):
+            raise UpstreamProtocolError(f"upstream '{name}' failed: {type(exc).__name__}") from None
