@@ -155,6 +155,11 @@ class Reply:
             raise RuntimeError("on_end on a non-stream reply: handle it after call_next returns")
         self.stream = _then(self.stream, self, callback)
 
+    def on_complete(self, callback: Callable[[list[bytes]], Awaitable[object]]) -> None:
+        """Relay a stream untouched and, only if it completes, hand its frames to `callback`."""
+        if self.stream is not None:
+            self.stream = _collected(self.stream, self, callback)
+
     def map_frames(self, transform: Callable[[bytes], bytes | None]) -> None:
         """Rewrite (or drop, by returning None) each frame of a stream as it passes."""
         if self.stream is not None:
@@ -180,3 +185,15 @@ async def _mapped(inner: AsyncGenerator[bytes, None],
             out = transform(frame)
             if out is not None:
                 yield out
+
+
+async def _collected(inner: AsyncGenerator[bytes, None], reply: Reply,
+                     callback: Callable[[list[bytes]], Awaitable[object]]
+                     ) -> AsyncGenerator[bytes, None]:
+    frames: list[bytes] = []
+    async with aclosing(inner) as stream:
+        async for frame in stream:
+            frames.append(frame)
+            yield frame
+    if reply.outcome == "complete":
+        await callback(frames)

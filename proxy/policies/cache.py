@@ -8,8 +8,6 @@ config schema and the policy that composes them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Literal
 
 import orjson
@@ -156,20 +154,11 @@ class CachePolicy:
         if not rules.store:
             return reply
         if reply.stream is not None and reply.sse:
-            reply.stream = self._collect(reply.stream, reply, ex.endpoint, key, rules.ttl)
+            endpoint, ttl = ex.endpoint, rules.ttl
+            reply.on_complete(lambda frames: self._keep_frames(endpoint, frames, reply, key, ttl))
         elif reply.stream is None:
             await self._keep_json(ex.endpoint, reply, key, rules.ttl)
         return reply
-
-    async def _collect(self, inner: AsyncGenerator[bytes, None], reply: Reply, endpoint: Endpoint,
-                       key: str, ttl: float) -> AsyncGenerator[bytes, None]:
-        frames: list[bytes] = []
-        async with aclosing(inner) as stream:
-            async for frame in stream:
-                frames.append(frame)
-                yield frame
-        if reply.outcome == "complete":
-            await self._keep_frames(endpoint, frames, reply, key, ttl)
 
     async def _keep_json(self, endpoint: Endpoint, reply: Reply, key: str,
                          ttl: float) -> Entry | None:

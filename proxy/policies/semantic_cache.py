@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -204,7 +202,14 @@ class SemanticCachePolicy:
             ex.needs_usage = True  # so a streamed answer adds up to a complete, storable one
         reply = await call_next(ex)
         if reply.stream is not None and reply.sse:
-            reply.stream = self._collect(reply.stream, reply, scope, key.text, rules.ttl, vector)
+            text, ttl = key.text, rules.ttl
+
+            async def keep(frames: list[bytes]) -> None:
+                payload = assemble(Endpoint.CHAT, frames, reply.usage)
+                if payload is not None:
+                    self._keep(payload, orjson.dumps(payload), scope, text, ttl, vector)
+
+            reply.on_complete(keep)
         elif reply.stream is None and reply.status == 200 and reply.body:
             self._keep(reply.json(), reply.body, scope, key.text, rules.ttl, vector)
         return reply
@@ -216,19 +221,6 @@ class SemanticCachePolicy:
                             now=self._clock.time(), label=SEMANTIC_HIT)
         reply.headers.update(headers)
         return reply
-
-    async def _collect(self, inner: AsyncGenerator[bytes, None], reply: Reply, scope: str, text: str,
-                       ttl: float, vector: Vector | None) -> AsyncGenerator[bytes, None]:
-        """Relay the frames untouched; once the stream completed, keep the answer they make."""
-        frames: list[bytes] = []
-        async with aclosing(inner) as stream:
-            async for frame in stream:
-                frames.append(frame)
-                yield frame
-        if reply.outcome == "complete":
-            payload = assemble(Endpoint.CHAT, frames, reply.usage)
-            if payload is not None:
-                self._keep(payload, orjson.dumps(payload), scope, text, ttl, vector)
 
     def _keep(self, payload: Any, body: bytes, scope: str, text: str, ttl: float,
               vector: Vector | None) -> None:
