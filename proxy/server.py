@@ -219,7 +219,12 @@ async def _write(request: web.Request, ex: Exchange, reply: Reply,
     response = web.StreamResponse(status=reply.status, headers=headers)
     stream = reply.stream
     try:
+        # Start the chain of stream wrappers before anything can fail: an async generator closed
+        # before its first step skips its `finally`, and with it the policies' accounting.
+        first = await anext(stream, b"")
         await response.prepare(request)
+        if first:
+            await response.write(first)
         async for chunk in stream:
             await response.write(chunk)
         await response.write_eof()
