@@ -71,6 +71,7 @@ class Exchange:
     upstream_headers: dict[str, str] = field(default_factory=dict)
     body_stream: AsyncIterator[bytes] | None = None
     body_changed: bool = False
+    input_tokens: int | None = None  # the estimate of `body`, once counted (see TokenCounter)
 
     def body_bytes(self) -> bytes:
         """The bytes to send upstream: the client's own unless a policy changed the body."""
@@ -81,6 +82,7 @@ class Exchange:
     def replace_body(self, body: dict[str, Any]) -> None:
         self.body = body
         self.body_changed = True
+        self.input_tokens = None
 
     def note(self, policy: str, **attributes: Any) -> None:
         """Record a policy's decision; telemetry turns each note into a child span."""

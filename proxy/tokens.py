@@ -10,12 +10,16 @@ import asyncio
 import logging
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from proxy.exchange import Exchange
 
 log = logging.getLogger("proxy.tokens")
 
 _O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o")
 _THREAD_THRESHOLD = 64 * 1024  # characters; tokenising more than this goes off the event loop
+_SMALL_BODY = 16 * 1024  # bytes: too little text to be worth even measuring for a thread hop
 
 
 class TokenCounter:
@@ -74,6 +78,16 @@ class TokenCounter:
             framing = 3 + 3 * len(messages)
         text = "\n".join(_texts(body))
         return framing + (self.count_text(text, model) if text else 0)
+
+    async def count_exchange(self, ex: Exchange) -> int:
+        """Input tokens of a request, counted once per body however many policies ask."""
+        if ex.input_tokens is None:
+            body, model = ex.body or {}, ex.model if isinstance(ex.model, str) else None
+            if len(ex.raw_body) < _SMALL_BODY:
+                ex.input_tokens = self.count_request(body, model)
+            else:
+                ex.input_tokens = await self.count_request_async(body, model)
+        return ex.input_tokens
 
     async def count_request_async(self, body: dict[str, Any], model: str | None = None) -> int:
         """Like `count_request`, off the event loop when the body is large."""

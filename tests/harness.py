@@ -7,7 +7,6 @@ loop of their own, sync and async clients drive the sidecar exactly as an applic
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import threading
 import time
@@ -24,6 +23,9 @@ from proxy.config import load_config
 from proxy.pipeline import Clock
 from proxy.server import SERVICES, Services, build_app
 from tests.mock_upstream import MockUpstream
+from tests.redis_server import free_port
+
+__all__ = ["LoopThread", "Sidecar", "free_port", "sidecar_config", "start_app", "wait_healthy"]
 
 T = TypeVar("T")
 
@@ -98,12 +100,6 @@ async def start_app(config_path: Path, env: Mapping[str, str] | None,
     await site.start()
     port = runner.addresses[0][1]
     return app, runner, f"http://127.0.0.1:{port}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], seconds: float = 30) -> None:

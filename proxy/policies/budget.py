@@ -35,7 +35,6 @@ log = logging.getLogger("proxy.budget")
 _COSTED = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS, Endpoint.RESPONSES})
 _DIMENSIONS = ("key", "user", "team", "model", "tag")
 _NOTHING_HELD = Reservation(None, (), 0)
-_SMALL_BODY = 16 * 1024  # bytes; larger bodies may be tokenised off the event loop
 
 
 class Config(BaseModel):
@@ -185,10 +184,7 @@ class BudgetPolicy:
     async def _bound(self, ex: Exchange, price: Price, charges: list[Charge]) -> float:
         """The most this request can cost: estimated input plus every output token it may get."""
         body = ex.body or {}
-        if len(ex.raw_body) < _SMALL_BODY:  # the common case: tokenise here, skip the size scan
-            tokens_in = self._tokens.count_request(body, ex.model)
-        else:
-            tokens_in = await self._tokens.count_request_async(body, ex.model)
+        tokens_in = await self._tokens.count_exchange(ex)
         if ex.endpoint is Endpoint.EMBEDDINGS:
             return price.bound(tokens_in, 0)
         tokens_out = _max_output(body) or max(

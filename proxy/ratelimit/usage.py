@@ -14,17 +14,13 @@ from proxy.tokens import TokenCounter
 TOKEN_ENDPOINTS = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS,
                              Endpoint.RESPONSES})
 CACHE_HITS = frozenset({"hit", "semantic-hit"})
-_SMALL_BODY = 16 * 1024  # bytes
 _OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
 async def input_tokens(ex: Exchange, counter: TokenCounter) -> int:
     if ex.endpoint not in TOKEN_ENDPOINTS or ex.body is None:
         return 0
-    model = ex.model if isinstance(ex.model, str) else None
-    if len(ex.raw_body) < _SMALL_BODY:  # too little text to be worth a thread hop
-        return counter.count_request(ex.body, model)
-    return await counter.count_request_async(ex.body, model)
+    return await counter.count_exchange(ex)
 
 
 def output_cap(ex: Exchange) -> int | None:

@@ -101,21 +101,11 @@ def read_spec(model_dir: Path) -> EncoderSpec:
     )
 
 
-class BertEncoder:
-    """Token ids in, one (optionally normalised) vector per text out; weights held in memory."""
+class BatchedEncoder:
+    """Tokenising and length-grouped batching shared by the encoders; `_forward` runs one batch."""
 
-    def __init__(self, model_dir: Path) -> None:
-        self.spec = read_spec(model_dir)
-        self._tokenizer = load_tokenizer(model_dir, self.spec.max_seq_length)
-        weights = load_file(str(model_dir / "model.safetensors"))
-        prefix = "bert." if "bert.embeddings.word_embeddings.weight" in weights else ""
-        w = {k.removeprefix(prefix): v.astype(np.float32) for k, v in weights.items()}
-        self._word = w["embeddings.word_embeddings.weight"]
-        self._pos = w["embeddings.position_embeddings.weight"]
-        self._type0 = w["embeddings.token_type_embeddings.weight"][0]
-        self._emb_ln = (w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])
-        self._layers = [_load_layer(w, f"encoder.layer.{i}.") for i in range(_count_layers(w))]
-        self.dim = int(self._word.shape[1])
+    _tokenizer: Tokenizer
+    dim: int
 
     def vocab(self) -> dict[str, int]:
         """Word-piece ids; BERT vocabularies list whole words roughly by frequency."""
@@ -133,6 +123,26 @@ class BertEncoder:
             chunk = order[start : start + 32]
             out[chunk] = self._forward([ids[i] for i in chunk])
         return out
+
+    def _forward(self, batch: list[list[int]]) -> Array:
+        raise NotImplementedError
+
+
+class BertEncoder(BatchedEncoder):
+    """Token ids in, one (optionally normalised) vector per text out; weights held in memory."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.spec = read_spec(model_dir)
+        self._tokenizer = load_tokenizer(model_dir, self.spec.max_seq_length)
+        weights = load_file(str(model_dir / "model.safetensors"))
+        prefix = "bert." if "bert.embeddings.word_embeddings.weight" in weights else ""
+        w = {k.removeprefix(prefix): v.astype(np.float32) for k, v in weights.items()}
+        self._word = w["embeddings.word_embeddings.weight"]
+        self._pos = w["embeddings.position_embeddings.weight"]
+        self._type0 = w["embeddings.token_type_embeddings.weight"][0]
+        self._emb_ln = (w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])
+        self._layers = [_load_layer(w, f"encoder.layer.{i}.") for i in range(_count_layers(w))]
+        self.dim = int(self._word.shape[1])
 
     def _forward(self, batch: list[list[int]]) -> Array:
         ids, mask = padded(batch)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from proxy.semantic.bert import Array, load_tokenizer, padded, pool, read_spec
+from proxy.semantic.bert import Array, BatchedEncoder, load_tokenizer, padded, pool, read_spec
 
 
 def onnx_file(model_dir: Path) -> Path | None:
@@ -28,7 +28,7 @@ def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-class OnnxEncoder:
+class OnnxEncoder(BatchedEncoder):
     """Drop-in for `BertEncoder`: `encode`, `tokenize`, `vocab`, `dim`, `spec`."""
 
     def __init__(self, model_dir: Path, threads: int = 1) -> None:
@@ -45,25 +45,9 @@ class OnnxEncoder:
         self._session = ort.InferenceSession(str(path), options,
                                              providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self._session.get_inputs()}
-        self.dim = int(self._run([[101, 102]]).shape[1])
+        self.dim = int(self._forward([[101, 102]]).shape[1])
 
-    def vocab(self) -> dict[str, int]:
-        return dict(self._tokenizer.get_vocab())
-
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
-        return [enc.ids for enc in self._tokenizer.encode_batch(texts)]
-
-    def encode(self, texts: list[str]) -> Array:
-        ids = self.tokenize(texts)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        rows: list[Array] = []
-        for start in range(0, len(order), 32):
-            rows.append(self._run([ids[i] for i in order[start : start + 32]]))
-        out = np.empty((len(texts), rows[0].shape[1]), dtype=np.float32)
-        out[order] = np.concatenate(rows)
-        return out
-
-    def _run(self, batch: list[list[int]]) -> Array:
+    def _forward(self, batch: list[list[int]]) -> Array:
         ids, mask = padded(batch)
         feed = {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
         if "token_type_ids" in self._inputs:

@@ -102,9 +102,28 @@ class ExportLog(logging.Filter):
         logging.getLogger(_QUEUE_LOGGER).setLevel(self._queue_level)
 
 
-class GuardedSpanExporter(SpanExporter):
+class _Abandonable:
+    """What both guarded exporters share: shutting the inner exporter down once, quietly."""
+
+    _inner: SpanExporter | MetricExporter
+    _health: ExportLog
+    _abandoned: bool
+
+    def abandon(self) -> None:
+        if not self._abandoned:
+            self._abandoned = True
+            self._health.exporting("shutdown")  # its "already shut down" notes are ours too
+            try:
+                self._inner.shutdown()
+            finally:
+                self._health.exporting(None)
+
+
+class GuardedSpanExporter(_Abandonable, SpanExporter):
     """Never raises into the batch processor; reports health to the ExportLog; `abandon()` makes
     a shutdown skip a collector that does not answer instead of retrying until the timeout."""
+
+    _inner: SpanExporter
 
     def __init__(self, inner: SpanExporter, health: ExportLog) -> None:
         self._inner = inner
@@ -126,14 +145,6 @@ class GuardedSpanExporter(SpanExporter):
             self._health.result("traces", ok)
         return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
-    def abandon(self) -> None:
-        if not self._abandoned:
-            self._abandoned = True
-            self._health.exporting("shutdown")  # its "already shut down" notes are ours too
-            try:
-                self._inner.shutdown()
-            finally:
-                self._health.exporting(None)
 
     def shutdown(self) -> None:
         self.abandon()
@@ -142,8 +153,10 @@ class GuardedSpanExporter(SpanExporter):
         return self._inner.force_flush(timeout_millis)
 
 
-class GuardedMetricExporter(MetricExporter):
+class GuardedMetricExporter(_Abandonable, MetricExporter):
     """The metric twin of GuardedSpanExporter."""
+
+    _inner: MetricExporter
 
     def __init__(self, inner: MetricExporter, health: ExportLog) -> None:
         super().__init__(preferred_temporality=inner._preferred_temporality,
@@ -169,14 +182,6 @@ class GuardedMetricExporter(MetricExporter):
             self._health.result("metrics", ok)
         return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
 
-    def abandon(self) -> None:
-        if not self._abandoned:
-            self._abandoned = True
-            self._health.exporting("shutdown")  # its "already shut down" notes are ours too
-            try:
-                self._inner.shutdown()
-            finally:
-                self._health.exporting(None)
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return self._inner.force_flush(timeout_millis)
