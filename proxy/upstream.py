@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
-from multidict import CIMultiDict
 
 from proxy.errors import (
     UpstreamError,
@@ -27,7 +27,7 @@ from proxy.errors import (
 )
 from proxy.exchange import Endpoint, Exchange, Reply
 from proxy.settings import UpstreamConfig
-from proxy.wire import sse
+from proxy.wire import http1, sse
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -36,15 +36,82 @@ HOP_BY_HOP = frozenset({
 _NOT_FORWARDED = HOP_BY_HOP | {"authorization", "accept-encoding"}
 _NOT_RETURNED = HOP_BY_HOP | {"content-encoding", "x-request-id", "set-cookie", "date", "server"}
 _RAW_ONLY = frozenset({"content-length", "content-encoding"})
+_RAW_ENDPOINTS = frozenset({Endpoint.PASSTHROUGH, Endpoint.MODELS})
+_STREAM_ERRORS = (aiohttp.ClientError, http1.Http1Error, TimeoutError, sse.SSEError)
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null')
 
 
+class Answer(Protocol):
+    """An upstream's answer whose headers have arrived, from either HTTP client."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    async def read(self) -> bytes: ...
+
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+
+    def release(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _AiohttpAnswer:
+    __slots__ = ("_response", "headers", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.headers = response.headers
+
+    async def read(self) -> bytes:
+        return await self._response.read()
+
+    def iter_any(self) -> AsyncIterator[bytes]:
+        return self._response.content.iter_any()
+
+    def release(self) -> None:
+        self._response.release()
+
+    def close(self) -> None:
+        self._response.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """What every request to one upstream shares, worked out on its first request."""
+
+    origin: http1.Origin
+    deadlines: http1.Deadlines
+    timeout: aiohttp.ClientTimeout
+    headers: dict[str, str]  # lower-case names: the key, extra headers
+
+    @classmethod
+    def of(cls, upstream: UpstreamConfig) -> _Target:
+        t = upstream.timeouts
+        headers = {name.lower(): value for name, value in upstream.headers.items()}
+        if upstream.api_key is not None:
+            headers["authorization"] = f"Bearer {upstream.api_key.get_secret_value()}"
+        return cls(http1.Origin.parse(upstream.base_url),
+                   http1.Deadlines(t.connect, t.first_byte, t.idle, t.total),
+                   aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.idle),
+                   headers)
+
+
 class UpstreamClient:
-    """One pooled HTTP client for every upstream; `send` makes one attempt at one upstream."""
+    """One pooled client for every upstream; `send` makes one attempt at one upstream.
+
+    API calls with a JSON body go over `proxy.wire.http1`; raw pass-through and `/v1/models` over
+    aiohttp, which streams request bodies and handles any method.
+    """
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
+        self._pool = http1.Http1Pool()
+        self._targets: dict[str, _Target] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
@@ -54,6 +121,7 @@ class UpstreamClient:
         )
 
     async def aclose(self) -> None:
+        await self._pool.aclose()
         if self._session is not None:
             await self._session.close()
 
@@ -63,37 +131,44 @@ class UpstreamClient:
         Raises UpstreamError when no HTTP response arrives; an HTTP error is a Reply.
         """
         strip_usage = _request_usage(ex)
-        url = upstream.base_url + ex.path[3:] + (f"?{ex.query}" if ex.query else "")
+        target = self._targets.get(upstream.name)
+        if target is None:
+            target = self._targets[upstream.name] = _Target.of(upstream)
         timeouts = upstream.timeouts
-        timeout = self._timeouts.get(upstream.name)
-        if timeout is None:
-            timeout = self._timeouts[upstream.name] = aiohttp.ClientTimeout(
-                total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.idle)
-        assert self._session is not None, "UpstreamClient.start() was not awaited"
-        data = _request_data(ex) if model is None or ex.body is None else \
-            orjson.dumps({**ex.body, "model": model})
         sent = time.perf_counter()
-        request = self._session.request(
-            ex.method, url, data=data, headers=_request_headers(ex, upstream),
-            timeout=timeout, auto_decompress=ex.endpoint is not Endpoint.PASSTHROUGH,
-        )
         with _Translated(upstream, min(timeouts.first_byte, timeouts.idle)):
-            # aiohttp's socket-read timeout (idle) already bounds the wait for the headers; a
-            # separate timer is only needed when first_byte is the shorter of the two.
-            if timeouts.first_byte < timeouts.idle:
-                async with asyncio.timeout(timeouts.first_byte):
-                    response = await request
+            if ex.body_stream is None and ex.endpoint not in _RAW_ENDPOINTS:
+                answer: Answer = await self._pool.request(
+                    target.origin, ex.method, _target_path(target.origin.prefix, ex),
+                    _request_headers(ex, target), _request_body(ex, model), target.deadlines)
             else:
-                response = await request
+                answer = await self._raw_request(ex, upstream, target, model)
         ex.upstream_wait += time.perf_counter() - sent
         try:
-            return await self._reply(ex, upstream, response, strip_usage)
+            return await self._reply(ex, upstream, answer, strip_usage)
         except BaseException:
-            response.close()
+            answer.close()
             raise
 
-    async def _reply(self, ex: Exchange, upstream: UpstreamConfig,
-                     response: aiohttp.ClientResponse, strip_usage: bool) -> Reply:
+    async def _raw_request(self, ex: Exchange, upstream: UpstreamConfig, target: _Target,
+                           model: str | None) -> Answer:
+        assert self._session is not None, "UpstreamClient.start() was not awaited"
+        timeouts = upstream.timeouts
+        data = ex.body_stream if ex.body_stream is not None else _request_body(ex, model) or None
+        request = self._session.request(
+            ex.method, upstream.base_url + ex.path[3:] + (f"?{ex.query}" if ex.query else ""),
+            data=data, headers=_request_headers(ex, target), timeout=target.timeout,
+            auto_decompress=ex.endpoint is not Endpoint.PASSTHROUGH,
+        )
+        # aiohttp's socket-read timeout (idle) already bounds the wait for the headers; a
+        # separate timer is only needed when first_byte is the shorter of the two.
+        if timeouts.first_byte < timeouts.idle:
+            async with asyncio.timeout(timeouts.first_byte):
+                return _AiohttpAnswer(await request)
+        return _AiohttpAnswer(await request)
+
+    async def _reply(self, ex: Exchange, upstream: UpstreamConfig, response: Answer,
+                     strip_usage: bool) -> Reply:
         headers = _response_headers(response, keep_length=ex.endpoint is Endpoint.PASSTHROUGH)
         headers["x-sidecar-upstream"] = upstream.name
         content_type = response.headers.get("Content-Type", "")
@@ -116,12 +191,12 @@ class UpstreamClient:
         return Reply(response.status, headers, body=body)
 
     async def _relay_sse(self, ex: Exchange, upstream: UpstreamConfig,
-                         response: aiohttp.ClientResponse, reply: Reply,
+                         response: Answer, reply: Reply,
                          strip_usage: bool) -> AsyncGenerator[bytes, None]:
         framer = sse.SSEFramer()
         ended = False
         try:
-            async for chunk in response.content.iter_any():
+            async for chunk in response.iter_any():
                 for frame in framer.feed(chunk):
                     out, final = _inspect(frame, reply, strip_usage)
                     ended = ended or final
@@ -137,7 +212,7 @@ class UpstreamClient:
                 raise sse.SSEError(f"upstream '{upstream.name}' ended the stream before it was done")
             reply.outcome = "complete"
             response.release()
-        except (aiohttp.ClientError, TimeoutError, sse.SSEError) as exc:
+        except _STREAM_ERRORS as exc:
             reply.outcome = "error"
             response.close()
             yield error_event(_stream_failure(upstream, exc), ex.endpoint is Endpoint.RESPONSES)
@@ -147,14 +222,14 @@ class UpstreamClient:
                 response.close()
 
 
-async def _relay_raw(upstream: UpstreamConfig, response: aiohttp.ClientResponse,
+async def _relay_raw(upstream: UpstreamConfig, response: Answer,
                      reply: Reply) -> AsyncGenerator[bytes, None]:
     try:
-        async for chunk in response.content.iter_any():
+        async for chunk in response.iter_any():
             yield chunk
         reply.outcome = "complete"
         response.release()
-    except (aiohttp.ClientError, TimeoutError):
+    except _STREAM_ERRORS:
         reply.outcome = "error"
         response.close()
     finally:
@@ -179,37 +254,41 @@ def _request_usage(ex: Exchange) -> bool:
     return True
 
 
-def _request_data(ex: Exchange) -> Any:
-    if ex.body_stream is not None:
-        return ex.body_stream
-    return ex.body_bytes() or None
+def _request_body(ex: Exchange, model: str | None) -> bytes:
+    if model is None or ex.body is None:
+        return ex.body_bytes()
+    return orjson.dumps({**ex.body, "model": model})
 
 
-def _request_headers(ex: Exchange, upstream: UpstreamConfig) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in ex.headers.items():
-        lower = name.lower()
-        if lower not in _NOT_FORWARDED and not lower.startswith("x-sidecar-"):
-            headers.add(name, value)
-    if upstream.api_key is not None:
-        headers["Authorization"] = f"Bearer {upstream.api_key.get_secret_value()}"
-    elif "Authorization" in ex.headers:
-        headers["Authorization"] = ex.headers["Authorization"]
+def _target_path(prefix: str, ex: Exchange) -> str:
+    path = prefix + ex.path[3:]
+    return f"{path}?{ex.query}" if ex.query else path
+
+
+def _request_headers(ex: Exchange, target: _Target) -> list[tuple[str, str]]:
+    """The client's headers minus hop-by-hop and sidecar ones, with the sidecar's own on top."""
+    own = dict(target.headers)
+    if "authorization" not in own and "Authorization" in ex.headers:
+        own["authorization"] = ex.headers["Authorization"]
     if ex.body_stream is not None and ex.headers.get("Content-Length"):
-        headers["Content-Length"] = ex.headers["Content-Length"]
-    headers.update(upstream.headers)
-    headers.update(ex.upstream_headers)
+        own["content-length"] = ex.headers["Content-Length"]
+    for name, value in ex.upstream_headers.items():
+        own[name.lower()] = value
     if ex.body is not None:
-        headers["Content-Type"] = "application/json"
-    headers["X-Request-Id"] = ex.request_id
+        own["content-type"] = "application/json"
+    own["x-request-id"] = ex.request_id
     if ex.endpoint is not Endpoint.PASSTHROUGH:
-        headers["Accept-Encoding"] = "gzip, deflate"
+        own["accept-encoding"] = "gzip, deflate"
     elif "Accept-Encoding" in ex.headers:
-        headers["Accept-Encoding"] = ex.headers["Accept-Encoding"]
+        own["accept-encoding"] = ex.headers["Accept-Encoding"]
+    headers = [(name, value) for name, value in ex.headers.items()
+               if (lower := name.lower()) not in _NOT_FORWARDED and lower not in own
+               and not lower.startswith("x-sidecar-")]
+    headers.extend(own.items())
     return headers
 
 
-def _response_headers(response: aiohttp.ClientResponse, keep_length: bool) -> dict[str, str]:
+def _response_headers(response: Answer, keep_length: bool) -> dict[str, str]:
     """Upstream headers for the client; length and encoding only where bytes pass unchanged."""
     headers: dict[str, str] = {}
     for name, value in response.headers.items():
@@ -254,6 +333,10 @@ def _inspect(frame: bytes, reply: Reply, strip_usage: bool) -> tuple[bytes | Non
 
 
 def _stream_failure(upstream: UpstreamConfig, exc: BaseException) -> UpstreamError:
+    if isinstance(exc, http1.PhaseTimeout) and exc.phase == "total":
+        return UpstreamTimeout(
+            f"upstream '{upstream.name}' did not finish within {upstream.timeouts.total:g}s",
+            code="upstream_stream_timeout")
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout(
             f"upstream '{upstream.name}' went silent mid-stream for over "
@@ -299,8 +382,13 @@ class _Translated:
         name = self.upstream.name
         if isinstance(exc, TimeoutError):
             raise UpstreamTimeout(f"upstream '{name}' did not answer within {self.waited:g}s") from None
-        if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc, aiohttp.ClientConnectorError | http1.ConnectFailed):
             raise UpstreamUnreachable(f"upstream '{name}' is unreachable") from None
+        if isinstance(exc, http1.Disconnected):
+            raise UpstreamUnreachable(
+                f"upstream '{name}' closed the connection before answering") from None
+        if isinstance(exc, http1.Http1Error):
+            raise UpstreamProtocolError(f"upstream '{name}' failed: {exc}") from None
         if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
                       | aiohttp.ClientPayloadError):
             raise UpstreamUnreachable(

@@ -27,6 +27,7 @@ class PolicySpec:
     module: str
     many: bool = False
     always: bool = False
+    reads_identity: bool = True  # False: the policy never looks at who is calling
 
 
 # Outermost first: limits count every request; PII goes before anything is cached, logged or sent;
@@ -36,7 +37,7 @@ POLICIES: tuple[PolicySpec, ...] = (
     PolicySpec("keys", "proxy.policies.auth", many=True, always=True),
     PolicySpec("experiments", "proxy.policies.experiments", many=True),
     PolicySpec("limits", "proxy.policies.rate_limit", many=True),
-    PolicySpec("pii", "proxy.policies.pii"),
+    PolicySpec("pii", "proxy.policies.pii", reads_identity=False),
     PolicySpec("cache", "proxy.policies.cache"),
     PolicySpec("semantic_cache", "proxy.policies.semantic_cache"),
     PolicySpec("budgets", "proxy.policies.budget", many=True),
@@ -80,11 +81,14 @@ def validate_sections(settings: Settings, origins: Mapping[str, str],
 
 async def create_policies(configs: Mapping[str, Any], ctx: PolicyContext) -> list[Policy]:
     """Build the enabled policies in onion order; a policy may decline (disabled) with None."""
-    built: list[Policy] = []
+    built: list[tuple[PolicySpec, Policy]] = []
     for spec in POLICIES:
         if spec.section not in configs or configs[spec.section] is None:
             continue
         policy = await _module(spec).create(configs[spec.section], ctx)
         if policy is not None:
-            built.append(policy)
-    return built
+            built.append((spec, policy))
+    # Without [[keys]] identity only feeds other policies; with none that reads it, skip the layer.
+    readers = any(spec.reads_identity for spec, _ in built if spec.section != "keys")
+    return [policy for spec, policy in built
+            if spec.section != "keys" or configs["keys"] or readers]

@@ -6,6 +6,7 @@ unless every member is backed off.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from proxy.settings import UpstreamConfig
@@ -25,10 +26,10 @@ class UpstreamLoad:
 
 
 class Balancer:
-    def __init__(self, strategy: str, rng: random.Random) -> None:
+    def __init__(self, strategy: str, rng: random.Random, names: Sequence[str] = ()) -> None:
         self.strategy = strategy
         self.rng = rng
-        self.load: dict[str, UpstreamLoad] = {}
+        self.load: dict[str, UpstreamLoad] = {name: UpstreamLoad() for name in names}
 
     def of(self, name: str) -> UpstreamLoad:
         load = self.load.get(name)
@@ -36,22 +37,29 @@ class Balancer:
             load = self.load[name] = UpstreamLoad()
         return load
 
-    def order(self, pool: list[UpstreamConfig], now: float) -> list[UpstreamConfig]:
+    def order(self, pool: Sequence[UpstreamConfig], now: float) -> list[UpstreamConfig]:
         """The pool in the order to try it: the chosen one first."""
         if len(pool) == 1:
-            return pool
-        ready = [u for u in pool if self.of(u.name).backed_off_until <= now]
-        waiting = [u for u in pool if u not in ready]
-        return self._rank(ready or pool) + (waiting if ready else [])
+            return list(pool)
+        loads = [self.of(u.name) for u in pool]
+        ready = [i for i, load in enumerate(loads) if load.backed_off_until <= now]
+        if len(ready) == len(pool) or not ready:
+            return self._rank(pool, loads)
+        waiting = [u for u, load in zip(pool, loads, strict=True) if load.backed_off_until > now]
+        return self._rank([pool[i] for i in ready], [loads[i] for i in ready]) + waiting
 
-    def _rank(self, pool: list[UpstreamConfig]) -> list[UpstreamConfig]:
+    def _rank(self, pool: Sequence[UpstreamConfig],
+              loads: list[UpstreamLoad]) -> list[UpstreamConfig]:
+        if self.strategy == "weighted":
+            return self._weighted(pool)
+        rnd = self.rng.random  # ties are broken at random
         if self.strategy == "least_busy":
-            return sorted(pool, key=lambda u: (self.of(u.name).in_flight, self.rng.random()))
-        if self.strategy == "latency":
-            return sorted(pool, key=lambda u: (self.of(u.name).latency or 0.0, self.rng.random()))
-        return self._weighted(pool)
+            keyed = sorted([(float(load.in_flight), rnd(), i) for i, load in enumerate(loads)])
+        else:
+            keyed = sorted([(load.latency or 0.0, rnd(), i) for i, load in enumerate(loads)])
+        return [pool[i] for _, _, i in keyed]
 
-    def _weighted(self, pool: list[UpstreamConfig]) -> list[UpstreamConfig]:
+    def _weighted(self, pool: Sequence[UpstreamConfig]) -> list[UpstreamConfig]:
         remaining = list(pool)
         ordered: list[UpstreamConfig] = []
         while remaining:

@@ -29,7 +29,7 @@ from proxy.routing.retry import (
     retry_after,
     retryable,
 )
-from proxy.settings import Settings, UpstreamConfig
+from proxy.settings import FallbackTarget, Settings, UpstreamConfig
 from proxy.upstream import UpstreamClient
 
 Result = Reply | UpstreamError
@@ -44,11 +44,18 @@ class Router:
         self.clock = clock
         self.rng = rng or random.Random()
         self.sleep = sleep
-        self.balancer = Balancer(settings.routing.strategy, self.rng)
+        self.balancer = Balancer(settings.routing.strategy, self.rng,
+                                 [u.name for u in settings.upstreams])
         self.breakers: dict[tuple[str, str], CircuitBreaker] = {}
-        self._by_name = {u.name: u for u in settings.upstreams}
         self._routes = [(re.compile("|".join(fnmatch.translate(g) for g in u.models)), u)
                         for u in settings.upstreams]
+        by_name = {u.name: u for u in settings.upstreams}
+        # Resolved once: each upstream's pool members and its fallback targets.
+        self._pools = {u.name: tuple(m for m in settings.upstreams
+                                     if u.pool is not None and m.pool == u.pool) or (u,)
+                       for u in settings.upstreams}
+        self._fallbacks = {u.name: tuple(_target(by_name, t) for t in u.fallbacks)
+                           for u in settings.upstreams}
 
     def route(self, model: str | None) -> UpstreamConfig:
         """The first upstream whose model globs match (the first upstream when there is no model)."""
@@ -66,16 +73,12 @@ class Router:
         return found
 
     def candidates(self, primary: UpstreamConfig) -> list[tuple[UpstreamConfig, str | None]]:
-        if primary.pool is None and not primary.fallbacks:
-            return [(primary, None)]
-        pool = [primary]
-        if primary.pool is not None:
-            pool = [u for u in self.settings.upstreams if u.pool == primary.pool]
-        ordered: list[tuple[UpstreamConfig, str | None]] = [
-            (u, None) for u in self.balancer.order(pool, self.clock.monotonic())]
-        for target in primary.fallbacks:
-            name, model = (target, None) if isinstance(target, str) else (target.upstream, target.model)
-            ordered.append((self._by_name[name], model))
+        pool = self._pools[primary.name]
+        if len(pool) == 1:
+            ordered: list[tuple[UpstreamConfig, str | None]] = [(pool[0], None)]
+        else:
+            ordered = [(u, None) for u in self.balancer.order(pool, self.clock.monotonic())]
+        ordered.extend(self._fallbacks[primary.name])
         return ordered
 
     async def __call__(self, ex: Exchange) -> Reply:
@@ -90,9 +93,8 @@ class Router:
                 wait = breaker.retry_in(now)
                 cooldown = wait if cooldown is None else min(cooldown, wait)
                 continue
-            result, used = await self._attempts(ex, upstream, model, breaker)
+            result, used, kind = await self._attempts(ex, upstream, model, breaker)
             attempts += used
-            kind = failure_kind(result)
             if kind is None and isinstance(result, Reply):
                 result.headers["x-sidecar-attempts"] = str(attempts)
                 return result
@@ -115,21 +117,25 @@ class Router:
         return last
 
     async def _attempts(self, ex: Exchange, upstream: UpstreamConfig, model: str | None,
-                        breaker: CircuitBreaker) -> tuple[Result, int]:
+                        breaker: CircuitBreaker) -> tuple[Result, int, str | None]:
+        """Attempts at one upstream: the last result, how many were made, and its failure kind."""
         for attempt in range(upstream.retries + 1):
             result = await self._attempt(ex, upstream, model)
             kind = failure_kind(result)
             now = self.clock.monotonic()
-            if kind is None or counts_against_breaker(kind):
-                breaker.record(kind is None, now)
+            if kind is None:
+                breaker.record(True, now)
+                return result, attempt + 1, None
+            if counts_against_breaker(kind):
+                breaker.record(False, now)
             else:
                 breaker.probing = False
             hinted = retry_after(result.headers, self.clock.time())
             if kind == "429" and hinted:
                 self.balancer.of(upstream.name).backed_off_until = now + hinted
             last_try = attempt == upstream.retries or not retryable(result)
-            if kind is None or last_try or not breaker.allow(now):
-                return result, attempt + 1
+            if last_try or not breaker.allow(now):
+                return result, attempt + 1, kind
             await _discard(result)
             delay = min(hinted, upstream.max_retry_wait) if hinted is not None else backoff(
                 attempt, self.settings.routing.backoff_base, self.settings.routing.backoff_max,
@@ -157,6 +163,13 @@ class Router:
         else:
             reply.on_end(lambda _: _release(load))
         return reply
+
+
+def _target(by_name: dict[str, UpstreamConfig], target: str | FallbackTarget
+            ) -> tuple[UpstreamConfig, str | None]:
+    if isinstance(target, str):
+        return by_name[target], None
+    return by_name[target.upstream], target.model
 
 
 async def _release(load: UpstreamLoad) -> None:

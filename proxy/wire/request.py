@@ -60,7 +60,7 @@ def endpoint_of(method: str, path: str) -> Endpoint:
 
 def parse_body(endpoint: Endpoint, raw: bytes) -> dict[str, Any]:
     """The JSON object of a request to one of the API endpoints, with its key fields checked."""
-    if not raw.strip():
+    if not raw or raw.isspace():
         raise RequestError("The request body is empty; expected a JSON object.")
     try:
         body = orjson.loads(raw)
