@@ -1,10 +1,22 @@
 -- wrk script for bench/run.py: POST one small chat completion, print a JSON summary line at the end.
--- BENCH_BODY overrides the request body.
+-- BENCH_BODY overrides the request body. BENCH_UNIQUE=1 makes every request's prompt distinct (a
+-- counter after the first "content" text), so a cache can only miss and store.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-bench-client"
 wrk.body = os.getenv("BENCH_BODY")
   or '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello to the benchmark."}]}'
+
+local unique = os.getenv("BENCH_UNIQUE") == "1"
+local head, tail = string.match(wrk.body, '^(.-"content"%s*:%s*")(.*)$')
+local counter = 0
+
+if unique and head then
+  request = function()
+    counter = counter + 1
+    return wrk.format(nil, nil, nil, head .. counter .. " " .. tail)
+  end
+end
 
 done = function(summary, latency, requests)
   local e = summary.errors

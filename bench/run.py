@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--chunk-delay", type=float, default=0.002, help="seconds between streamed events")
     add("--streams", type=int, default=300, help="most streamed requests per target")
     add("--no-sidecar", action="store_true", help="only direct and bare")
+    add("--unique", action="store_true",
+        help="a distinct prompt per request (BENCH_UNIQUE=1), so caches only miss and store")
     add("--wait", type=float, default=900.0, help="longest wait for another run on this machine")
     add("--out", type=Path, help="append a dated section to this markdown file")
     return parser
@@ -114,6 +116,9 @@ async def start_sidecar(config: Path, mock_base: str, procs: Processes, logdir: 
     command = [sys.executable, "-m", "proxy", "serve", "--config", str(config),
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     env = {"BENCH_UPSTREAM_URL": mock_base + "/v1", "SIDECAR_STATE__DATA_DIR": str(logdir / name)}
+    encodings = REPO.parent / "shared" / "tiktoken"  # as in CI: real token counts, no download
+    if "TIKTOKEN_CACHE_DIR" not in os.environ and encodings.is_dir():
+        env["TIKTOKEN_CACHE_DIR"] = str(encodings)
     proc = await procs.start(name, command, cpu=PROXY_CPU, env=env, cwd=REPO)
     try:
         await wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
@@ -158,8 +163,9 @@ async def exclusive(seconds: float) -> AsyncIterator[None]:
 
 def _workload(args: argparse.Namespace) -> str:
     each = max(1.0, args.duration / args.rounds)
+    prompts = "a distinct prompt per request" if args.unique else "the same prompt every time"
     return (
-        f"Workload: POST {CHAT} (~100-byte body, ~1 KB JSON answer) with wrk; {args.rounds} "
+        f"Workload: POST {CHAT} (~100-byte body, ~1 KB JSON answer; {prompts}) with wrk; {args.rounds} "
         f"interleaved rounds of {each:g} s per measurement, medians shown; streams: {args.chunks} "
         f"events {args.chunk_delay * 1000:g} ms apart, one at a time, timed to the first body byte."
     )
@@ -167,6 +173,8 @@ def _workload(args: argparse.Namespace) -> str:
 
 async def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.unique:
+        os.environ["BENCH_UNIQUE"] = "1"  # read by bench/post.lua in every wrk run
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2

@@ -98,15 +98,15 @@ class Flight:
     left mid-call, or a policy refused the leader on its own account), or the upstream error.
     """
 
-    __slots__ = ("_forget", "broadcast", "entry", "result", "usage_shown")
+    __slots__ = ("_flights", "_key", "broadcast", "entry", "result", "usage_shown")
 
-    def __init__(self, forget: Callable[[Flight], None]) -> None:
-        loop = asyncio.get_running_loop()
+    def __init__(self, flights: Flights, key: str, loop: asyncio.AbstractEventLoop) -> None:
         self.result: asyncio.Future[Source | None] = loop.create_future()
         self.entry: asyncio.Future[Entry | None] = loop.create_future()
         self.broadcast: Broadcast | None = None
         self.usage_shown = False
-        self._forget = forget
+        self._flights = flights
+        self._key = key
 
     async def source(self) -> Source | None:
         """What the leader fetched; a follower cancelled while waiting leaves the others be."""
@@ -130,7 +130,7 @@ class Flight:
         """Say how the flight ended (the stored entry, or None); it then leaves the registry."""
         if not self.entry.done():
             self.entry.set_result(entry)
-            self._forget(self)
+            self._flights.forget(self._key, self)
 
 
 class Flights:
@@ -144,11 +144,11 @@ class Flights:
 
     def start(self, key: str) -> Flight:
         """Register a new flight for `key`; the caller leads it and must settle it."""
-        flight = Flight(lambda done: self._forget(key, done))
+        flight = Flight(self, key, asyncio.get_running_loop())
         self._flights[key] = flight
         return flight
 
-    def _forget(self, key: str, flight: Flight) -> None:
+    def forget(self, key: str, flight: Flight) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
 

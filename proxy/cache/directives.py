@@ -20,12 +20,15 @@ class Directives:
     ttl: float
 
 
-def directives(headers: CIMultiDictProxy[str], ttl: float, max_ttl: float) -> Directives:
-    """The request's directives; a TTL header above `max_ttl` is capped, a bad one is a 400."""
+def directives(headers: CIMultiDictProxy[str], ttl: float, max_ttl: float,
+               default: Directives | None = None) -> Directives:
+    """The request's directives; a TTL header above `max_ttl` is capped, a bad one is a 400.
+
+    `default` is what a request without directives gets (built once by the caller)."""
     control = headers.get("Cache-Control")
     asked = headers.get("x-sidecar-cache-ttl")
     if control is None and asked is None:
-        return Directives(True, ttl > 0, ttl)
+        return default or Directives(True, ttl > 0, ttl)
     words = {w.split("=", 1)[0].strip() for w in control.lower().split(",")} if control else set()
     if asked is not None:
         try:

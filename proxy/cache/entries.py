@@ -58,8 +58,8 @@ def storable(endpoint: Endpoint, payload: Any) -> bool:
             and all(isinstance(c, dict) and c.get("finish_reason") for c in choices))
 
 
-_UNFINISHED = re.compile(rb'"finish_reason"\s*:\s*null')
-_FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
+_REASON = b'"finish_reason"'
+_REASON_VALUE = re.compile(rb'\s*:\s*(")?')  # after the name: a string, or anything else (null)
 _ERROR = re.compile(rb'"error"\s*:\s*[{"]')
 
 
@@ -70,8 +70,15 @@ def storable_body(endpoint: Endpoint, body: bytes) -> bool:
     only be the field itself, never text inside an answer.
     """
     if endpoint is Endpoint.CHAT or endpoint is Endpoint.COMPLETIONS:
-        return (_FINISHED.search(body) is not None and _UNFINISHED.search(body) is None
-                and _ERROR.search(body) is None)
+        finished = False
+        at = body.find(_REASON)
+        while at != -1:
+            value = _REASON_VALUE.match(body, at + len(_REASON))
+            if value is None or value.group(1) is None:
+                return False  # a choice without a finish reason
+            finished = True
+            at = body.find(_REASON, value.end())
+        return finished and (b'"error"' not in body or _ERROR.search(body) is None)
     try:
         return storable(endpoint, orjson.loads(body))
     except orjson.JSONDecodeError:

@@ -7,6 +7,7 @@ is, `entry_key` lays both out as a store key that `purge_pattern` can select by 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -124,6 +125,7 @@ def purge_pattern(version: int | None = None, namespace: str | None = None,
     return _SEP.join(parts)
 
 
+@functools.lru_cache(maxsize=1024)
 def _quote(text: str) -> str:
     return text if _SAFE.fullmatch(text) else quote(text, safe="-._~:/@")
 

@@ -105,11 +105,12 @@ class CachePolicy:
         self._flights = Flights()
         self._endpoints = frozenset(Endpoint(e) for e in config.endpoints)
         self._embeddings = EmbeddingCache(store, clock, config.version)
+        self._default = Directives(True, config.ttl > 0, config.ttl)
 
     async def __call__(self, ex: Exchange, call_next: Handler) -> Reply:
         if ex.endpoint not in self._endpoints or ex.body is None:
             return await call_next(ex)
-        rules = directives(ex.headers, self.config.ttl, self.config.max_ttl)
+        rules = directives(ex.headers, self.config.ttl, self.config.max_ttl, self._default)
         reason = uncacheable(ex.endpoint, ex.body)
         if reason is not None or not (rules.lookup or rules.store):
             ex.reply_headers["x-sidecar-cache"] = "bypass"
@@ -221,7 +222,8 @@ class CachePolicy:
             reply = await call_next(ex)
         except BaseException as exc:
             flight.fail(exc)
-            await self._unlock(key, token)
+            if token:
+                await self._unlock(key, token)
             raise
         label = _SEMANTIC_HIT if _semantic(reply) else "miss"
         ex.reply_headers["x-sidecar-cache"] = label
@@ -237,7 +239,8 @@ class CachePolicy:
                           if reply.stream is None else None)
         finally:
             flight.settle(None)
-            await self._unlock(key, token)
+            if token:
+                await self._unlock(key, token)
         return reply
 
     async def _stream_ended(self, flight: Flight, broadcast: Broadcast, endpoint: Endpoint,

@@ -96,7 +96,8 @@ class MemoryKVStore:
             self._drop(key)
         if ttl <= 0 or cost > self.max_bytes or self.max_entries < 1:
             return False
-        self._make_room(cost)
+        if self.bytes + cost > self.max_bytes or len(self._data) >= self.max_entries:
+            self._make_room(cost)
         self._data[key] = (value, self._clock() + ttl)
         self.bytes += cost
         return True
