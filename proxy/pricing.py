@@ -81,30 +81,39 @@ class TokenUsage(NamedTuple):
     reasoning: int
 
 
+_CHAT_FIELDS = ("prompt_tokens", "completion_tokens", "prompt_tokens_details",
+                "completion_tokens_details")
+_RESPONSES_FIELDS = ("input_tokens", "output_tokens", "input_tokens_details",
+                     "output_tokens_details")
+
+
 def read_usage(usage: Mapping[str, Any] | None) -> TokenUsage | None:
     """Tokens from a chat / completions / embeddings `usage` or a Responses API one; None if absent."""
-    if not isinstance(usage, Mapping):
+    if type(usage) is not dict and not isinstance(usage, Mapping):
         return None
     if "input_tokens" in usage:  # Responses API
-        input_key, output_key, details = "input_tokens", "output_tokens", ("input", "output")
+        input_key, output_key, input_details, output_details = _RESPONSES_FIELDS
     elif "prompt_tokens" in usage:
-        input_key, output_key, details = "prompt_tokens", "completion_tokens", ("prompt", "completion")
+        input_key, output_key, input_details, output_details = _CHAT_FIELDS
     else:
         return None
+    # Written out rather than in helpers: this runs once per answer, on the request path.
     total_in = _count(usage.get(input_key))
+    details = usage.get(input_details)
+    cached = _count(details.get("cached_tokens")) if total_in and (
+        type(details) is dict or isinstance(details, Mapping)) else 0
     total_out = _count(usage.get(output_key))
-    cached = min(total_in, _count(_detail(usage, f"{details[0]}_tokens_details", "cached_tokens")))
-    reasoning = min(total_out, _count(_detail(usage, f"{details[1]}_tokens_details",
-                                              "reasoning_tokens")))
-    return TokenUsage(total_in, cached, total_out, reasoning)
-
-
-def _detail(usage: Mapping[str, Any], section: str, key: str) -> Any:
-    details = usage.get(section)
-    return details.get(key) if isinstance(details, Mapping) else None
+    details = usage.get(output_details)
+    reasoning = _count(details.get("reasoning_tokens")) if total_out and (
+        type(details) is dict or isinstance(details, Mapping)) else 0
+    # tuple.__new__ skips the NamedTuple's Python-level constructor.
+    return tuple.__new__(TokenUsage, (total_in, cached if cached < total_in else total_in,
+                                      total_out, reasoning if reasoning < total_out else total_out))
 
 
 def _count(value: Any) -> int:
+    if type(value) is int:  # the usual case, answered without the checks below
+        return value if value > 0 else 0
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 

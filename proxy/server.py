@@ -91,9 +91,16 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         try:
             app[SERVICES] = Services(config, router, pipeline, context)
             # Everything built so far lives as long as the app: keep it out of the collector's
-            # generations so full collections under load stay short.
+            # generations so full collections under load stay short. Each young collection walks
+            # every in-flight request's objects, so collect young objects rarely: requests free
+            # almost everything by reference counting, and cycles wait a little longer.
             gc.freeze()
-            yield
+            thresholds = gc.get_threshold()
+            gc.set_threshold(20_000, 20, 100)
+            try:
+                yield
+            finally:
+                gc.set_threshold(*thresholds)
         finally:
             await pipeline.aclose()
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,6 +18,7 @@ log = logging.getLogger("proxy.tokens")
 
 _O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o")
 _THREAD_THRESHOLD = 64 * 1024  # characters; tokenising more than this goes off the event loop
+_TEXT_KEYS = frozenset({"content", "text", "arguments", "name", "input", "output"})
 _SMALL_BODY = 16 * 1024  # bytes: too little text to be worth even measuring for a thread hop
 
 
@@ -68,7 +68,7 @@ class TokenCounter:
         encoding = self._encoding(self.encoding_name(model))
         if encoding is None:
             return math.ceil(len(text) / 4)
-        return len(encoding.encode(text, disallowed_special=()))
+        return len(encoding.encode_ordinary(text))  # special tokens count as plain text
 
     def count_request(self, body: dict[str, Any], model: str | None = None) -> int:
         """Input tokens of a chat, completions, embeddings or responses request body."""
@@ -96,19 +96,22 @@ class TokenCounter:
         return self.count_request(body, model)
 
 
-def _texts(body: dict[str, Any]) -> Iterator[str]:
+def _texts(body: dict[str, Any]) -> list[str]:
+    found: list[str] = []
     for key in ("messages", "prompt", "input", "instructions", "tools"):
         if key in body:
-            yield from _strings(body[key], key == "tools")
+            _strings(body[key], key == "tools", found)
+    return found
 
 
-def _strings(value: Any, whole: bool = False) -> Iterator[str]:
+def _strings(value: Any, whole: bool, found: list[str]) -> None:
+    """Append the text in `value` to `found`: every string when `whole`, else text-bearing keys."""
     if isinstance(value, str):
-        yield value
+        found.append(value)
     elif isinstance(value, list):
         for item in value:
-            yield from _strings(item, whole)
+            _strings(item, whole, found)
     elif isinstance(value, dict):
         for key, item in value.items():
-            if whole or key in ("content", "text", "arguments", "name", "input", "output"):
-                yield from _strings(item, whole)
+            if whole or key in _TEXT_KEYS:
+                _strings(item, whole, found)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from proxy.policies.budget import Config
 
 MAX_TAGS = 16  # tags considered per request: bounds the keys one request can touch
-_MAX_KNOWN = 10_000  # remembered (caller, model) -> charges per rule; cleared when full
 _UNSAFE = re.compile(r"[,=|#%\s]")
 
 
@@ -50,26 +49,12 @@ class BudgetRule:
         self.alert_at = tuple(sorted(set(config.alert_at)))
         self.clock = PeriodClock(config.period, ZoneInfo(config.timezone))
         self._match = {field: re.compile(fnmatch.translate(glob)) for field, glob in config.match.items()}
-        self._by_tags = "tag" in config.match or any(d.startswith("tag") for d in self.per)
-        self._known: dict[tuple[object, ...], tuple[Charge, ...]] = {}
 
     def prefix(self, window: Window) -> str:
         return f"{self.name}|{window.label}|"
 
-    def charges(self, identity: Identity, model: str | None, now: float) -> tuple[Charge, ...]:
-        """The buckets this request is charged to; empty when the rule does not apply."""
-        window = self.clock.window(now)
-        tags = tuple(_tags(identity.tags)) if self._by_tags else ()
-        seen = (window, identity.key_id, identity.user, identity.team, model, tags)
-        known = self._known.get(seen)
-        if known is None:
-            known = self._resolve(identity, model, window)
-            if len(self._known) >= _MAX_KNOWN:
-                self._known.clear()
-            self._known[seen] = known
-        return known
-
-    def _resolve(self, identity: Identity, model: str | None, window: Window) -> tuple[Charge, ...]:
+    def charges(self, identity: Identity, model: str | None, window: Window) -> tuple[Charge, ...]:
+        """The buckets a request is charged to in `window`; empty when the rule does not apply."""
         if self._match and not self._matches(identity, model):
             return ()
         pieces = [_pieces(dim, identity, model) for dim in self.per]
@@ -81,14 +66,14 @@ class BudgetRule:
 
     def attribution(self, identity: Identity, window: Window) -> list[str]:
         prefix = self.prefix(window)
-        return [f"{prefix}#{_safe(k)}={_safe(v)}" for k, v in _tags(identity.tags)]
+        return [f"{prefix}#{_safe(k)}={_safe(v)}" for k, v in tag_pairs(identity.tags)]
 
     def _matches(self, identity: Identity, model: str | None) -> bool:
         values = {"model": model, "key": identity.key_id, "user": identity.user,
                   "team": identity.team}
         for field, pattern in self._match.items():
             if field == "tag":
-                if not any(pattern.match(f"{k}={v}") for k, v in _tags(identity.tags)):
+                if not any(pattern.match(f"{k}={v}") for k, v in tag_pairs(identity.tags)):
                     return False
             elif not pattern.match(values.get(field) or ""):
                 return False
@@ -97,7 +82,7 @@ class BudgetRule:
 
 def _pieces(dim: str, identity: Identity, model: str | None) -> list[str]:
     if dim == "tag":
-        return [f"tag:{_safe(k)}={_safe(v)}" for k, v in _tags(identity.tags)]
+        return [f"tag:{_safe(k)}={_safe(v)}" for k, v in tag_pairs(identity.tags)]
     if dim.startswith("tag:"):
         value = identity.tags.get(dim[4:])
         return [f"{dim}={_safe(value)}"] if value else []
@@ -106,7 +91,8 @@ def _pieces(dim: str, identity: Identity, model: str | None) -> list[str]:
     return [f"{dim}={_safe(value)}"] if value else []
 
 
-def _tags(tags: Mapping[str, str]) -> Sequence[tuple[str, str]]:
+def tag_pairs(tags: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The tags a request is charged and counted by: the first MAX_TAGS by name."""
     return sorted(tags.items())[:MAX_TAGS]
 
 

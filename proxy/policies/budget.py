@@ -14,12 +14,14 @@ import sqlite3
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from opentelemetry.metrics import NoOpCounter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from proxy.budget.admin import register as register_admin
 from proxy.budget.alerts import Alert, Alerter
 from proxy.budget.costs import answer_cost, cost_stamper, usd_text
 from proxy.budget.periods import Period
+from proxy.budget.plan import Plan, Planner
 from proxy.budget.rules import BudgetRule, Charge
 from proxy.errors import BudgetExceeded, ConfigError, PolicyRejection, StateBackendError
 from proxy.exchange import Endpoint, Exchange, Reply
@@ -34,7 +36,10 @@ log = logging.getLogger("proxy.budget")
 
 _COSTED = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS, Endpoint.RESPONSES})
 _DIMENSIONS = ("key", "user", "team", "model", "tag")
+_OUTPUT_CAPS = ("max_completion_tokens", "max_tokens", "max_output_tokens")  # the first set wins
 _NOTHING_HELD = Reservation(None, (), 0)
+
+Crossed = tuple[tuple[Charge, float, int], ...]  # (bucket, alert fraction, its new total)
 
 
 class Config(BaseModel):
@@ -137,125 +142,120 @@ class BudgetPolicy:
         self.rules = rules
         self.pricing = pricing
         self.ledger = ledger
+        self._planner = Planner(rules, pricing)
         self._clock = ctx.clock
+        self._now = ctx.clock.time
         self._tokens = ctx.tokens
         self._alerter = Alerter()
         self._spend = ctx.meter.create_counter(
             "sidecar.budget.spend_usd", unit="USD", description="Settled spend by budget and tag.")
+        self._counting = not isinstance(self._spend, NoOpCounter)  # no meter: skip the attributes
+        # The memory ledger decides without waiting: called directly, it costs no coroutine.
+        self._memory = ledger if isinstance(ledger, MemoryLedger) else None
 
     async def __call__(self, ex: Exchange, call_next: Handler) -> Reply:
         if ex.endpoint not in _COSTED:
             return await call_next(ex)
-        now = self._clock.time()
-        charges = [c for rule in self.rules for c in rule.charges(ex.identity, ex.model, now)]
-        hard = [c for c in charges if c.rule.hard]
-        price = self._price(ex, hard)
-        bound = await self._bound(ex, price, charges)
-        held = await self._reserve(ex, hard, to_nano(bound), now) if hard else _NOTHING_HELD
+        now = self._now()
+        plan = self._planner.plan(ex.identity, ex.model, now)
+        price = plan.price
+        if price is None:
+            raise _no_price(ex, plan)
+        tokens_in = ex.input_tokens
+        if tokens_in is None:
+            tokens_in = await self._tokens.count_exchange(ex)
+        bound = _bound(ex, price, plan, tokens_in)
+        held = _NOTHING_HELD
+        if plan.hard:
+            amount = to_nano(bound)
+            held = self._memory.reserve_now(plan.hard_keys, plan.caps, amount, plan.hold, now) \
+                if self._memory is not None else await self._reserve(plan, amount, now)
+            if held.id is None:
+                raise _refusal(ex, plan, held, amount)
         ex.needs_usage = True
         try:
             reply = await call_next(ex)
         except BaseException:
-            await self._settle(ex, held, charges, 0.0)
+            await self._settle(ex, held, plan, 0.0)
             raise
         if reply.stream is not None:
             if reply.sse:
                 reply.map_frames(cost_stamper(price))
-            reply.on_end(lambda done: self._settle(ex, held, charges, answer_cost(done, price, bound)))
+            reply.on_end(lambda done: self._settle(ex, held, plan, answer_cost(done, price, bound)))
             return reply
         cost = answer_cost(reply, price, bound)
         # on the exchange, not the reply: a cache storing this reply must not replay its cost
         ex.reply_headers["x-sidecar-cost-usd"] = usd_text(cost)
-        await self._settle(ex, held, charges, cost)
+        crossed = self._settle_here(ex, held, plan, cost) if self._memory is not None else \
+            await self._settle_shared(ex, held, plan, cost)
+        if crossed:
+            await self._alerts(ex, crossed)
         return reply
 
-    def _price(self, ex: Exchange, hard: list[Charge]) -> Price:
-        price = self.pricing.lookup(ex.model) if hard else self.pricing.price(ex.model)
-        if price is None:
-            # Never free: with no price the cost of a hard-capped request cannot be bounded.
-            model = (ex.model or "")[:128]
-            budget = hard[0].rule.name if hard else "(any)"
-            raise PolicyRejection(
-                f"No price is known for model '{model}', so budget '{budget}' cannot be "
-                "enforced. Add the model to the budget's `prices` table.", param="model",
-                code="model_price_unknown")
-        return price
+    async def _reserve(self, plan: Plan, amount: int, now: float) -> Reservation:
+        return await self.ledger.reserve(plan.hard_keys, plan.caps, amount, plan.hold, now)
 
-    async def _bound(self, ex: Exchange, price: Price, charges: list[Charge]) -> float:
-        """The most this request can cost: estimated input plus every output token it may get."""
-        body = ex.body or {}
-        tokens_in = await self._tokens.count_exchange(ex)
-        if ex.endpoint is Endpoint.EMBEDDINGS:
-            return price.bound(tokens_in, 0)
-        tokens_out = _max_output(body) or max(
-            (c.rule.config.max_output_tokens for c in charges), default=4096)
-        choices = body.get("n")
-        if isinstance(choices, int) and not isinstance(choices, bool) and choices > 1:
-            tokens_out *= choices
-        return price.bound(tokens_in, tokens_out)
+    async def _settle(self, ex: Exchange, held: Reservation, plan: Plan, cost: float) -> None:
+        crossed = self._settle_here(ex, held, plan, cost) if self._memory is not None else \
+            await self._settle_shared(ex, held, plan, cost)
+        if crossed:
+            await self._alerts(ex, crossed)
 
-    async def _reserve(self, ex: Exchange, hard: list[Charge], amount: int,
-                       now: float) -> Reservation:
-        hold = max(c.rule.config.hold for c in hard)
-        held = await self.ledger.reserve([c.key for c in hard], [c.rule.cap for c in hard],
-                                         amount, hold, now)
-        if held.id is None:
-            ex.note("budget", refused=hard[held.refused].rule.name)
-            raise _refusal(hard[held.refused], held.used, amount)
-        return held
-
-    async def _settle(self, ex: Exchange, held: Reservation, charges: list[Charge],
-                      cost: float) -> None:
-        if not charges:
+    def _settle_here(self, ex: Exchange, held: Reservation, plan: Plan, cost: float) -> Crossed:
+        """Settle on the memory ledger, which never waits; returns the alert marks crossed."""
+        assert self._memory is not None
+        if not plan.charged:
             ex.note("budget", cost_usd=cost)
-            return
-        # The ledger returns totals for the held (hard) keys first, then the others in order.
-        charged = [c for c in charges if c.rule.hard] + [c for c in charges if not c.rule.hard]
-        others = [c.key for c in charged[len(held.keys):]]
-        rules = list(dict.fromkeys(c.rule for c in charges))
-        if ex.identity.tags:
-            windows = {c.rule: c.window for c in charges}
-            others += [k for rule in rules for k in rule.attribution(ex.identity, windows[rule])]
+            return ()
         actual = to_nano(cost)
         try:
-            totals = await self.ledger.settle(held, actual, others, self._clock.time())
-        except StateBackendError:  # the answer is already out: lose the record, never the answer
-            log.error("budget spend of request %s not recorded: state backend down", ex.request_id)
-            return
+            totals = self._memory.settle_now(held, actual, plan.others)
         except Exception:
             log.exception("could not settle budget spend for request %s", ex.request_id)
-            return
-        ex.note("budget", cost_usd=cost, reserved_usd=held.amount / NANO)
-        self._count(cost, rules, ex)
-        if actual:
-            await self._alerts(ex, charged, totals, actual)
+            return ()
+        return self._record(ex, held, plan, cost, actual, totals)
 
-    def _count(self, cost: float, rules: list[BudgetRule], ex: Exchange) -> None:
-        if cost <= 0:
-            return
-        tags = sorted(ex.identity.tags.items())[:16]
-        for rule in rules:
-            for name, value in tags or [("", "")]:
-                attributes = {"budget": rule.name, "tag": f"{name}={value}"} if name else \
-                    {"budget": rule.name}
+    async def _settle_shared(self, ex: Exchange, held: Reservation, plan: Plan,
+                             cost: float) -> Crossed:
+        if not plan.charged:
+            ex.note("budget", cost_usd=cost)
+            return ()
+        actual = to_nano(cost)
+        try:
+            totals = await self.ledger.settle(held, actual, plan.others, self._clock.time())
+        except StateBackendError:  # the answer is already out: lose the record, never the answer
+            log.error("budget spend of request %s not recorded: state backend down", ex.request_id)
+            return ()
+        except Exception:
+            log.exception("could not settle budget spend for request %s", ex.request_id)
+            return ()
+        return self._record(ex, held, plan, cost, actual, totals)
+
+    def _record(self, ex: Exchange, held: Reservation, plan: Plan, cost: float, actual: int,
+                totals: list[int]) -> Crossed:
+        """Note and count a settled request; returns the alert marks it crossed."""
+        note = {"cost_usd": cost, "reserved_usd": held.amount / NANO}
+        known = ex.notes.get("budget")  # as ex.note(), without its keyword-argument dict
+        if known is None:
+            ex.notes["budget"] = note
+        else:
+            known.update(note)
+        if cost > 0 and self._counting:
+            for attributes in plan.metrics:
                 self._spend.add(cost, attributes)
+        if actual and totals and max(totals) >= plan.lowest_mark:
+            return _crossed(plan, totals, actual)
+        return ()
 
-    async def _alerts(self, ex: Exchange, charged: list[Charge], totals: list[int],
-                      actual: int) -> None:
-        for charge, total in zip(charged, totals, strict=False):
-            rule = charge.rule
-            for fraction in rule.alert_at:
-                mark = fraction * rule.limit
-                # Settles add disjoint (before, total] intervals, so one settle crosses each mark.
-                if not total - actual < mark <= total:
-                    continue
-                try:
-                    first = await self.ledger.claim_alert(charge.key, fraction)
-                except StateBackendError:
-                    log.error("budget alert for %r not sent: state backend down", rule.name)
-                    continue
-                if first:
-                    self._alert(ex, charge, fraction, total)
+    async def _alerts(self, ex: Exchange, crossed: Crossed) -> None:
+        for charge, fraction, total in crossed:
+            try:
+                first = await self.ledger.claim_alert(charge.key, fraction)
+            except StateBackendError:
+                log.error("budget alert for %r not sent: state backend down", charge.rule.name)
+                continue
+            if first:
+                self._alert(ex, charge, fraction, total)
 
     def _alert(self, ex: Exchange, charge: Charge, fraction: float, total: int) -> None:
         rule = charge.rule
@@ -269,16 +269,54 @@ class BudgetPolicy:
         await self.ledger.aclose()
 
 
-def _max_output(body: dict[str, Any]) -> int | None:
-    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+def _crossed(plan: Plan, totals: list[int], actual: int) -> Crossed:
+    """The alert marks this settle went past, with the bucket's new total."""
+    crossed: Crossed = ()
+    for index, charge, marks in plan.alerts:
+        if index < len(totals):
+            total = totals[index]
+            for fraction, mark in marks:
+                # Settles add disjoint (before, total] intervals, so one settle crosses each mark.
+                if total - actual < mark <= total:
+                    crossed += ((charge, fraction, total),)
+    return crossed
+
+
+def _no_price(ex: Exchange, plan: Plan) -> PolicyRejection:
+    # Never free: with no price the cost of a hard-capped request cannot be bounded.
+    model = (ex.model or "")[:128]
+    budget = plan.hard[0].rule.name if plan.hard else "(any)"
+    return PolicyRejection(
+        f"No price is known for model '{model}', so budget '{budget}' cannot be "
+        "enforced. Add the model to the budget's `prices` table.", param="model",
+        code="model_price_unknown")
+
+
+def _bound(ex: Exchange, price: Price, plan: Plan, tokens_in: int) -> float:
+    """The most this request can cost: estimated input plus every output token it may get."""
+    if ex.endpoint is Endpoint.EMBEDDINGS:
+        return price.bound(tokens_in, 0)
+    body = ex.body or {}
+    tokens_out = plan.max_output
+    for key in _OUTPUT_CAPS:
         value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
+        if value is not None and _positive(value):
+            tokens_out = value
+            break
+    choices = body.get("n")
+    if choices is not None and _positive(choices) and choices > 1:
+        tokens_out *= choices
+    return price.bound(tokens_in, tokens_out)
 
 
-def _refusal(charge: Charge, used: int, amount: int) -> BudgetExceeded:
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _refusal(ex: Exchange, plan: Plan, held: Reservation, amount: int) -> BudgetExceeded:
+    charge, used = plan.hard[held.refused], held.used
     rule, window = charge.rule, charge.window
+    ex.note("budget", refused=rule.name)
     resets = window.resets_at()
     when = f"It resets at {resets}." if resets else "It does not reset by itself (period = total)."
     span = "in total" if rule.config.period == "total" else \

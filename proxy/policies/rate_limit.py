@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from proxy.errors import ConfigError, StateBackendError
 from proxy.exchange import Exchange, Reply
 from proxy.pipeline import Handler, PolicyContext
-from proxy.ratelimit.rules import MATCH_FIELDS, Planned, Rule, check_dimension, compile_match
+from proxy.ratelimit.rules import MATCH_FIELDS, Plan, Planner, Rule, check_dimension, compile_match
 from proxy.ratelimit.usage import EndGuard, choices, input_tokens, output_cap, real_tokens
-from proxy.ratelimit.verdict import rate_headers, refusal
+from proxy.ratelimit.verdict import Headers, refusal
 from proxy.state.base import Admission, Charge, WindowCounter
 from proxy.state.window import open_window_counter
 from proxy.units import Duration
@@ -106,10 +106,13 @@ async def create(config: list[Config], ctx: PolicyContext) -> RateLimitPolicy | 
 class Ticket:
     """One admitted request: what it was charged, when, and its concurrency lease."""
 
-    plan: list[Planned]
+    plan: Plan
+    charges: list[Charge]
     lease: str
     charged_at: float
     charged: bool
+    shown: int = -1  # the tokens counter in the headers (-1: none)
+    left: int = 0  # and what its header says is left
 
 
 class RateLimitPolicy:
@@ -120,6 +123,8 @@ class RateLimitPolicy:
         self.rules = tuple(rules)
         self.store = store
         self._ctx = ctx
+        self._planner = Planner(rules)
+        self._headers = Headers()
         # Redis counters are shared by processes, which agree on wall time, not monotonic time.
         self._now = ctx.clock.time if shared else ctx.clock.monotonic
         self._holding: dict[str, Ticket] = {}
@@ -130,12 +135,10 @@ class RateLimitPolicy:
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_leases())
 
     async def __call__(self, ex: Exchange, call_next: Handler) -> Reply:
-        rules = [rule for rule in self.rules if rule.applies(ex)]
-        if not rules:
+        plan = self._planner.plan(ex)
+        if plan is None:
             return await call_next(ex)
-        ticket = await self._admit(ex, rules)
-        if ticket is None:
-            return await call_next(ex)
+        ticket = await self._admit(ex, plan)
         try:
             reply = await call_next(ex)
         except asyncio.CancelledError:
@@ -148,14 +151,17 @@ class RateLimitPolicy:
             reply.stream = EndGuard(reply.stream, lambda: self._end_stream(ex, ticket, reply),
                                     lambda: self._dropped(ticket))
             return reply
+        if not plan.tokens:
+            await self._settle(ticket, None)
+            return reply
         real = real_tokens(ex, reply)
         await self._settle(ticket, real)
-        if real is not None:
+        if real is not None and ticket.shown >= 0:
             self._restate_tokens(ex, ticket, real)
         return reply
 
     async def _end_stream(self, ex: Exchange, ticket: Ticket, reply: Reply) -> None:
-        await self._settle(ticket, real_tokens(ex, reply))
+        await self._settle(ticket, real_tokens(ex, reply) if ticket.plan.tokens else None)
 
     def _dropped(self, ticket: Ticket) -> None:
         """A stream was discarded without being closed: settle it in the background."""
@@ -164,51 +170,50 @@ class RateLimitPolicy:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _admit(self, ex: Exchange, rules: list[Rule]) -> Ticket | None:
-        counts_tokens = any(rule.tokens is not None for rule in rules)
-        estimate = await input_tokens(ex, self._ctx.tokens) if counts_tokens else 0
-        cap = output_cap(ex)
-        count = choices(ex) if cap is None else 0
-        plan: list[Planned] = []
-        for rule in rules:
-            plan += rule.plan(ex, estimate + (
-                cap if cap is not None else rule.default_max_tokens * count))
-        if not plan:
-            return None
-        ex.needs_usage = ex.needs_usage or counts_tokens
-        holds = any(p.kind == "concurrent" for p in plan)
-        ticket = Ticket(plan, f"{self._process}:{next(self._leases)}" if holds else "", 0.0,
-                        charged=False)
+    async def _admit(self, ex: Exchange, plan: Plan) -> Ticket:
+        charges = list(plan.charges)
+        if plan.tokens:
+            ex.needs_usage = True
+            estimate = await input_tokens(ex, self._ctx.tokens)
+            cap = output_cap(ex)
+            count = choices(ex) if cap is None else 0
+            for index in plan.tokens:
+                extra = cap if cap is not None else plan.planned[index].rule.default_max_tokens * count
+                charges[index] = plan.priced_at(index, estimate + extra)
+        lease = f"{self._process}:{next(self._leases)}" if plan.holds else ""
+        ticket = Ticket(plan, charges, lease, 0.0, charged=False)
         admission = await self._acquire(ticket)
         if admission is None:
             ex.note(self.name, decision="unchecked")
             return ticket
-        ex.reply_headers.update(rate_headers(plan, admission))
+        ticket.shown = shown = self._headers.write(ex.reply_headers, plan, charges, admission)
+        if shown >= 0:
+            ticket.left = admission.remaining[shown]
         if not admission.admitted:
-            refused = plan[admission.refused]
+            refused = plan.planned[admission.refused]
             ex.note(self.name, decision="refused", rule=refused.rule.name, kind=refused.kind)
-            raise refusal(plan, admission)
-        ex.note(self.name, decision="admitted", rules=len(rules))
-        if holds:
-            self._holding[ticket.lease] = ticket
+            raise refusal(plan, charges, admission)
+        ex.note(self.name, decision="admitted", rules=plan.rules)
+        if lease:
+            self._holding[lease] = ticket
         return ticket
 
     async def _acquire(self, ticket: Ticket) -> Admission | None:
         """Admit now, or wait (a rule's `wait`) for capacity; None when the store is down (open)."""
-        charges = [p.charge for p in ticket.plan]
         started: float | None = None
         while True:
             now = self._now()
             try:
-                admission = await self.store.acquire(charges, ticket.lease, now)
+                admission = await self.store.acquire(ticket.charges, ticket.lease, now)
             except StateBackendError:
                 self._store_down(ticket.plan)
                 return None
-            self._store_up()
+            if self._degraded:
+                self._store_up()
             if admission.admitted:
                 ticket.charged, ticket.charged_at = True, now
                 return admission
-            refused = ticket.plan[admission.refused]
+            refused = ticket.plan.planned[admission.refused]
             clock = asyncio.get_running_loop().time()  # real time: the window clock may be a test's
             started = clock if started is None else started
             left = refused.rule.wait - (clock - started)
@@ -218,8 +223,8 @@ class RateLimitPolicy:
                 return admission
             await asyncio.sleep(min(admission.retry_after, left, POLL))
 
-    def _store_down(self, plan: list[Planned]) -> None:
-        closed = sorted({p.rule.name for p in plan if not p.rule.fail_open})
+    def _store_down(self, plan: Plan) -> None:
+        closed = sorted({p.rule.name for p in plan.planned if not p.rule.fail_open})
         if closed:
             raise StateBackendError(
                 f"Rate limits cannot be checked right now (rule '{closed[0]}' fails closed). "
@@ -235,28 +240,28 @@ class RateLimitPolicy:
 
     async def _settle(self, ticket: Ticket, real: int | None) -> None:
         """Release the lease and correct the token estimate to `real` (None: keep the estimate)."""
-        self._holding.pop(ticket.lease, None)
         if not ticket.charged:
             return
         ticket.charged = False
-        deltas = [real - p.charge.cost if p.kind == "tokens" and real is not None else 0
-                  for p in ticket.plan]
-        if not ticket.lease and not any(deltas):
+        lease = ticket.lease
+        if lease:
+            self._holding.pop(lease, None)
+        charges = ticket.charges
+        deltas = [0] * len(charges)
+        if real is not None:
+            for index in ticket.plan.tokens:
+                deltas[index] = real - charges[index].cost
+        if not lease and not any(deltas):
             return  # nothing held, nothing to correct: no round trip
-        charges = [p.charge for p in ticket.plan]
         try:
-            await self.store.settle(charges, deltas, ticket.charged_at, ticket.lease, self._now())
+            await self.store.settle(charges, deltas, ticket.charged_at, lease, self._now())
         except StateBackendError:
             log.debug("rate-limit settle skipped: store unavailable (leases expire on their own)")
 
     def _restate_tokens(self, ex: Exchange, ticket: Ticket, real: int) -> None:
         """A JSON answer is not sent yet: its remaining-tokens header can show the real usage."""
-        header = ex.reply_headers.get("x-ratelimit-remaining-tokens")
-        limit = ex.reply_headers.get("x-ratelimit-limit-tokens")
-        cost = next((p.charge.cost for p in ticket.plan if p.kind == "tokens"), None)
-        if header is None or limit is None or cost is None:
-            return
-        remaining = min(int(limit), max(0, int(header) + cost - real))
+        charge = ticket.charges[ticket.shown]
+        remaining = min(charge.limit, max(0, ticket.left + charge.cost - real))
         ex.reply_headers["x-ratelimit-remaining-tokens"] = str(remaining)
 
     async def _refresh_leases(self) -> None:
@@ -264,7 +269,8 @@ class RateLimitPolicy:
         while True:
             await asyncio.sleep(LEASE_TTL / 3)
             for ticket in list(self._holding.values()):
-                charges: list[Charge] = [p.charge for p in ticket.plan if p.kind == "concurrent"]
+                charges = [ticket.charges[i] for i, p in enumerate(ticket.plan.planned)
+                           if p.kind == "concurrent"]
                 with contextlib.suppress(StateBackendError):
                     await self.store.refresh(charges, ticket.lease, self._now())
 

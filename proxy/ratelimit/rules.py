@@ -2,7 +2,8 @@
 
 A rule's `per` dimensions pick the counter (one per key, per user, per team within ...); its `match`
 globs pick the requests. A request missing a dimension (no user, no model) is not limited by rules
-that count per that dimension.
+that count per that dimension. `Planner` remembers the plan of each caller/model/upstream seen, so a
+request usually costs one dictionary lookup to find every counter it is charged on.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
 
@@ -21,7 +22,7 @@ from proxy.state.base import Charge
 DIMENSIONS = ("key", "user", "team", "model", "ip", "upstream", "tag")
 MATCH_FIELDS = ("model", "key", "user", "team", "tag", "ip", "upstream", "endpoint")
 Kind = Literal["requests", "tokens", "concurrent"]
-_REMEMBERED = 4096  # counter names kept per rule
+_REMEMBERED = 4096  # plans kept; a flood of distinct callers must not grow memory
 
 
 def check_dimension(name: str) -> str:
@@ -42,7 +43,7 @@ class Planned:
 
     rule: Rule
     kind: Kind
-    charge: Charge
+    charge: Charge  # for tokens, the counter with a cost of 0: the request's cost is added later
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,39 +60,102 @@ class Rule:
     wait: float
     fail_open: bool
     default_max_tokens: int
-    _counters: dict[tuple[str, ...], tuple[tuple[Planned, ...], str | None]] = field(
-        default_factory=dict, compare=False, repr=False)
 
     def applies(self, ex: Exchange) -> bool:
         return all(_matches(field, pattern, ex) for field, pattern in self.match)
 
-    def plan(self, ex: Exchange, tokens: int) -> list[Planned]:
-        """The charges this rule makes for `ex`; `tokens` is the request's estimated cost."""
+    def plan(self, ex: Exchange) -> list[Planned]:
+        """The counters this rule charges for `ex`, token counters with a cost still to fill in."""
         planned: list[Planned] = []
         for combo in itertools.product(*[_values(dimension, ex) for dimension in self.per]):
-            fixed, tokens_key = self._counters.get(combo) or self._remember(combo)
-            planned += fixed
-            if tokens_key is not None and self.tokens is not None:
+            scope = "|".join(f"{dim}={quote(value, safe='=')}"
+                             for dim, value in zip(self.per, combo, strict=True))
+            stem = f"{self.name}:{round(self.window * 1000)}:{scope}"
+            if self.requests is not None:
+                planned.append(Planned(self, "requests",
+                                       Charge(f"r:{stem}", self.requests, 1, self.window)))
+            if self.concurrent is not None:
+                planned.append(Planned(self, "concurrent",
+                                       Charge(f"c:{self.name}:{scope}", self.concurrent, 1, 0.0)))
+            if self.tokens is not None:
                 planned.append(Planned(self, "tokens",
-                                       Charge(tokens_key, self.tokens, tokens, self.window)))
+                                       Charge(f"t:{stem}", self.tokens, 0, self.window)))
         return planned
 
-    def _remember(self, combo: tuple[str, ...]) -> tuple[tuple[Planned, ...], str | None]:
-        """Counter names of one combination of dimension values, kept for the next request."""
-        scope = "|".join(f"{dim}={quote(value, safe='=')}"
-                         for dim, value in zip(self.per, combo, strict=True))
-        stem = f"{self.name}:{round(self.window * 1000)}:{scope}"
-        fixed: list[Planned] = []
-        if self.requests is not None:
-            fixed.append(Planned(self, "requests", Charge(f"r:{stem}", self.requests, 1, self.window)))
-        if self.concurrent is not None:
-            fixed.append(Planned(self, "concurrent",
-                                 Charge(f"c:{self.name}:{scope}", self.concurrent, 1, 0.0)))
-        if len(self._counters) >= _REMEMBERED:
-            self._counters.clear()  # bounded: a flood of distinct users must not grow memory
-        entry = (tuple(fixed), f"t:{stem}" if self.tokens is not None else None)
-        self._counters[combo] = entry
-        return entry
+    def reads(self, dimension: str) -> bool:
+        """Whether the rule looks at `dimension` ("ip", "tag") to count or to match."""
+        fields = [field for field, _ in self.match] + [d.partition(":")[0] for d in self.per]
+        return dimension in fields
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Every counter a request is charged on, in rule order, and what the client is told about them.
+
+    `charges` are ready to use except at the `tokens` indexes, where the request's token cost goes;
+    `headers` lists, per kind, the indexes that compete for the `x-ratelimit-*` headers.
+    """
+
+    planned: tuple[Planned, ...]
+    charges: tuple[Charge, ...]
+    tokens: tuple[int, ...]
+    holds: bool
+    rules: int
+    headers: tuple[tuple[tuple[str, str, str], tuple[int, ...]], ...]
+    limits: tuple[str, ...]  # each counter's limit as its header shows it
+    priced: list[Charge]  # the last token charge made at each index: equal costs share it
+
+    def priced_at(self, index: int, cost: int) -> Charge:
+        """The charge at token index `index` costing `cost`."""
+        charge = self.priced[index]
+        if charge.cost != cost:
+            charge = self.priced[index] = Charge(charge.key, charge.limit, cost, charge.window)
+        return charge
+
+    @classmethod
+    def of(cls, planned: Sequence[Planned], rules: int) -> Plan:
+        kinds: dict[str, list[int]] = {}
+        for index, item in enumerate(planned):
+            if item.kind != "concurrent":
+                kinds.setdefault(item.kind, []).append(index)
+        headers = tuple(((f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}",
+                          f"x-ratelimit-reset-{kind}"), tuple(indexes))
+                        for kind, indexes in kinds.items())
+        charges = tuple(p.charge for p in planned)
+        return cls(tuple(planned), charges, tuple(kinds.get("tokens", ())),
+                   any(p.kind == "concurrent" for p in planned), rules, headers,
+                   tuple(str(c.limit) for c in charges), list(charges))
+
+
+class Planner:
+    """The plan of a request, computed once per distinct caller, model, upstream and endpoint."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(rules)
+        self._ip = any(rule.reads("ip") for rule in rules)
+        self._tags = any(rule.reads("tag") for rule in rules)
+        self._plans: dict[Hashable, Plan | None] = {}
+
+    def plan(self, ex: Exchange) -> Plan | None:
+        """The request's plan; None when no rule applies or none can count it."""
+        identity = ex.identity
+        model = ex.model if isinstance(ex.model, str) else None
+        upstream = ex.upstream.name if ex.upstream is not None else None
+        # Everything a rule can read, so requests with equal signatures get equal plans.
+        signature = (identity.key_id, identity.key_name, identity.user, identity.team, model,
+                     upstream, ex.endpoint, ex.client_ip if self._ip else None,
+                     tuple(identity.tags.items()) if self._tags and identity.tags else None)
+        try:
+            return self._plans[signature]
+        except KeyError:
+            pass
+        rules = [rule for rule in self.rules if rule.applies(ex)]
+        planned = [item for rule in rules for item in rule.plan(ex)]
+        plan = Plan.of(planned, len(rules)) if planned else None
+        if len(self._plans) >= _REMEMBERED:
+            self._plans.clear()
+        self._plans[signature] = plan
+        return plan
 
 
 def _values(dimension: str, ex: Exchange) -> list[str]:

@@ -28,10 +28,11 @@ def output_cap(ex: Exchange) -> int | None:
     if ex.endpoint not in TOKEN_ENDPOINTS or ex.body is None or ex.endpoint is Endpoint.EMBEDDINGS:
         return 0
     body = ex.body
-    cap: int | None = next((body[f] for f in _OUTPUT_FIELDS if isinstance(body.get(f), int)), None)
-    if cap is None:
-        return None
-    return max(0, cap) * choices(ex)
+    for name in _OUTPUT_FIELDS:
+        cap = body.get(name)
+        if isinstance(cap, int):
+            return max(0, cap) * choices(ex)
+    return None
 
 
 def choices(ex: Exchange) -> int:

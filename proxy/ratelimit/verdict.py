@@ -5,38 +5,63 @@ and the 429 (or "can never fit") error naming the rule that refused.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 
 from proxy.errors import RateLimited
-from proxy.ratelimit.rules import Planned
-from proxy.state.base import Admission
+from proxy.ratelimit.rules import Plan
+from proxy.state.base import Admission, Charge
 from proxy.units import go_duration
 
+_DURATIONS = 4096  # formatted reset times kept: a window's resets repeat to the millisecond
 
-def rate_headers(plan: Sequence[Planned], admission: Admission) -> dict[str, str]:
-    """`x-ratelimit-{limit,remaining,reset}-{requests,tokens}` of the tightest rule of each kind.
 
-    The tightest is the one with the smallest share of its limit left; `reset` is the time until
-    that counter is back at its full limit, as a Go duration like OpenAI sends.
+class Headers:
+    """Writes `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` of the tightest counters.
+
+    The tightest of a kind is the counter with the smallest share of its limit left (the first
+    one on a tie); `reset` is the time until that counter is back at its full limit, as a Go
+    duration like OpenAI sends. Durations of a second or more are remembered by their
+    millisecond, since formatting them costs more than the rest of the headers together.
     """
-    best: dict[str, tuple[float, int]] = {}
-    for index, planned in enumerate(plan):
-        if planned.kind != "concurrent":
-            share = admission.remaining[index] / planned.charge.limit
-            if planned.kind not in best or share < best[planned.kind][0]:
-                best[planned.kind] = (share, index)
-    headers: dict[str, str] = {}
-    for kind, (_, index) in best.items():
-        headers[f"x-ratelimit-limit-{kind}"] = str(plan[index].charge.limit)
-        headers[f"x-ratelimit-remaining-{kind}"] = str(admission.remaining[index])
-        headers[f"x-ratelimit-reset-{kind}"] = go_duration(admission.reset[index])
-    return headers
+
+    def __init__(self) -> None:
+        self._durations: dict[int, str] = {}
+
+    def write(self, into: MutableMapping[str, str], plan: Plan, charges: Sequence[Charge],
+              admission: Admission) -> int:
+        """Set the headers; returns the index of the tokens counter shown, -1 when none is."""
+        remaining, reset = admission.remaining, admission.reset
+        shown = -1
+        for (limit_name, remaining_name, reset_name), indexes in plan.headers:
+            best = indexes[0]
+            if len(indexes) > 1:
+                share = remaining[best] / charges[best].limit
+                for index in indexes[1:]:
+                    if remaining[index] / charges[index].limit < share:
+                        best, share = index, remaining[index] / charges[index].limit
+            into[limit_name] = plan.limits[best]
+            into[remaining_name] = str(remaining[best])
+            into[reset_name] = self.duration(reset[best])
+            if plan.planned[best].kind == "tokens":
+                shown = best
+        return shown
+
+    def duration(self, seconds: float) -> str:
+        if seconds < 1:
+            return go_duration(seconds)
+        millis = round(seconds * 1000)
+        text = self._durations.get(millis)
+        if text is None:
+            if len(self._durations) >= _DURATIONS:
+                self._durations.clear()
+            text = self._durations[millis] = go_duration(millis / 1000)
+        return text
 
 
-def refusal(plan: Sequence[Planned], admission: Admission) -> RateLimited:
+def refusal(plan: Plan, charges: Sequence[Charge], admission: Admission) -> RateLimited:
     """The 429 for a refused admission; `x-should-retry: false` when the request can never fit."""
-    planned = plan[admission.refused]
-    rule, charge = planned.rule, planned.charge
+    planned = plan.planned[admission.refused]
+    rule, charge = planned.rule, charges[admission.refused]
     per = go_duration(rule.window)
     kind = "tokens" if planned.kind == "tokens" else "requests"
     if math.isinf(admission.retry_after):

@@ -32,6 +32,7 @@ SLOTS = 60
 CONCURRENCY_HINT = 1.0  # seconds: a full concurrency counter frees when a holder ends, unknown when
 _SWEEP_EVERY = 60.0
 SETTLE_DELAY = 0.002  # seconds a Redis settle waits to ride on the next admission
+_KEYS_KEPT = 4096  # Redis key names remembered per counter name
 
 
 def bucket_of(window: float, t: float) -> int:
@@ -46,15 +47,22 @@ def bucket_end(window: float, bucket: int) -> float:
 class _Ring:
     """The live buckets of one window counter, oldest first, and their running total."""
 
-    __slots__ = ("buckets", "total", "width", "window")
+    __slots__ = ("buckets", "current", "newest", "total", "width", "window")
 
     def __init__(self, window: float) -> None:
         self.window = window
         self.width = window / SLOTS
         self.buckets: dict[int, int] = {}
         self.total = 0
+        self.current = -(2**62)  # the bucket up to which old ones were dropped
+        self.newest = 0  # the last bucket in `buckets` (meaningless while it is empty)
 
     def expire(self, current: int) -> None:
+        # Nothing can leave twice in one bucket: a counter charged a thousand times a second
+        # looks at its oldest bucket once per bucket width, not once per request.
+        if current <= self.current:
+            return
+        self.current = current
         buckets = self.buckets
         while buckets:
             oldest = next(iter(buckets))
@@ -65,6 +73,18 @@ class _Ring:
     def add(self, bucket: int, amount: int) -> None:
         self.buckets[bucket] = self.buckets.get(bucket, 0) + amount
         self.total += amount
+        self.newest = next(reversed(self.buckets))
+
+    def take(self, bucket: int, amount: int) -> None:
+        """Correct an existing bucket by `amount` (not below zero: it empties it)."""
+        left = self.buckets[bucket] + amount
+        self.total += amount
+        if left:
+            self.buckets[bucket] = left
+            return
+        del self.buckets[bucket]
+        if self.buckets:
+            self.newest = next(reversed(self.buckets))
 
     def fits_at(self, need: int) -> int:
         """The bucket whose expiry frees at least `need`."""
@@ -78,7 +98,7 @@ class _Ring:
     def reset(self, now: float) -> float:
         if not self.buckets:
             return 0.0
-        return max(0.0, bucket_end(self.window, next(reversed(self.buckets))) - now)
+        return max(0.0, bucket_end(self.window, self.newest) - now)
 
 
 class MemoryWindowCounter:
@@ -94,38 +114,66 @@ class MemoryWindowCounter:
         return self.acquire_now(charges, lease, now)
 
     def acquire_now(self, charges: Sequence[Charge], lease: str, now: float) -> Admission:
-        """The whole admission in one synchronous step: nothing else runs in between."""
+        """The whole admission in one synchronous step: nothing else runs in between.
+
+        Counters are charged as they are checked; a refusal takes back what this request charged,
+        which leaves exactly the state before it (nothing else ran in between).
+        """
         if now >= self._next_sweep:
             self._sweep(now)
-        used: list[int] = []
-        rings: list[_Ring | None] = []
-        currents: list[int] = []
-        for charge in charges:
-            if charge.window:
-                ring = self._rings.get(charge.key) or self._new_ring(charge)
-                current = math.floor(now / ring.width)
-                ring.expire(current)
-                count, cost = ring.total, charge.cost
-            else:
-                ring, current, count, cost = None, 0, self._holders(charge, now), 1
-            if count + cost > charge.limit:
-                used.append(count)
-                used += [self._used(c, now) for c in charges[len(used):]]
-                return self._refusal(charges, used, len(rings), now)
-            used.append(count + cost)
-            rings.append(ring)
-            currents.append(current)
+        rings = self._rings
+        remaining: list[int] = []
         reset: list[float] = []
-        for charge, ring, current in zip(charges, rings, currents, strict=True):
-            if ring is None:
-                self._leases.setdefault(charge.key, {})[lease] = now + self.lease_ttl
+        for charge in charges:
+            if not charge.window:
+                left = self._hold(charge, lease, now)
+                if left < 0:
+                    return self._refusal(charges, len(reset), lease, now)
+                remaining.append(left)
                 reset.append(0.0)
                 continue
-            if charge.cost:
-                ring.add(current, charge.cost)
-            reset.append(ring.reset(now))
-        remaining = [c.limit - u for c, u in zip(charges, used, strict=True)]
+            ring = rings.get(charge.key) or self._new_ring(charge)
+            current = math.floor(now / ring.width)
+            ring.expire(current)
+            cost = charge.cost
+            if ring.total + cost > charge.limit:
+                return self._refusal(charges, len(reset), lease, now)
+            buckets = ring.buckets
+            if cost:
+                if current in buckets:
+                    buckets[current] += cost
+                else:
+                    buckets[current] = cost
+                    ring.newest = next(reversed(buckets))
+                ring.total += cost
+            remaining.append(charge.limit - ring.total)
+            if buckets:
+                end = (ring.newest + SLOTS + 1) * ring.width - now
+                reset.append(end if end > 0.0 else 0.0)
+            else:
+                reset.append(0.0)
         return Admission(True, -1, 0.0, tuple(remaining), tuple(reset))
+
+    def _hold(self, charge: Charge, lease: str, now: float) -> int:
+        """Take a concurrency slot for `lease`: the slots left, or -1 when there is none."""
+        holders = self._leases.get(charge.key)
+        if holders is None:
+            holders = self._leases[charge.key] = {}
+        elif len(holders) >= charge.limit:
+            self._drop_expired(holders, now)
+        if len(holders) >= charge.limit:
+            return -1
+        holders[lease] = now + self.lease_ttl
+        return charge.limit - len(holders)
+
+    def _take_back(self, charges: Sequence[Charge], lease: str, now: float) -> None:
+        """Undo the charges of a request refused part-way (same step: the exact earlier state)."""
+        for charge in charges:
+            if not charge.window:
+                self._leases[charge.key].pop(lease, None)
+            elif charge.cost:
+                ring = self._rings[charge.key]
+                ring.take(math.floor(now / ring.width), -charge.cost)
 
     def _new_ring(self, charge: Charge) -> _Ring:
         ring = self._rings[charge.key] = _Ring(charge.window)
@@ -142,16 +190,24 @@ class MemoryWindowCounter:
         holders = self._leases.get(charge.key)
         if not holders:
             return 0
-        if len(holders) >= charge.limit:  # full: only now is it worth dropping expired leases
-            for gone in [lease for lease, expiry in holders.items() if expiry <= now]:
-                del holders[gone]
+        if len(holders) >= charge.limit:
+            self._drop_expired(holders, now)
         return len(holders)
+
+    @staticmethod
+    def _drop_expired(holders: dict[str, float], now: float) -> None:
+        # only worth it when the counter looks full: live holders release their own leases
+        for gone in [lease for lease, expiry in holders.items() if expiry <= now]:
+            del holders[gone]
 
     def _used(self, charge: Charge, now: float) -> int:
         return self._ring(charge, now).total if charge.window else self._holders(charge, now)
 
-    def _refusal(self, charges: Sequence[Charge], used: list[int], index: int,
+    def _refusal(self, charges: Sequence[Charge], index: int, lease: str,
                  now: float) -> Admission:
+        """Charge `index` does not fit: every counter is described as it stands without the request."""
+        self._take_back(charges[:index], lease, now)
+        used = [self._used(c, now) for c in charges]
         charge = charges[index]
         if charge.cost > charge.limit:
             retry = math.inf
@@ -183,17 +239,15 @@ class MemoryWindowCounter:
         ring = self._rings.get(charge.key)
         if ring is None:
             ring = self._rings[charge.key] = _Ring(charge.window)
-        ring.expire(bucket_of(charge.window, now))
-        charged = bucket_of(charge.window, charged_at)
-        if charged in ring.buckets:
+        current = math.floor(now / ring.width)
+        ring.expire(current)
+        charged = math.floor(charged_at / ring.width)
+        amount = ring.buckets.get(charged)
+        if amount is not None:
             # the correction belongs to the original bucket, so it expires with it
-            delta = max(delta, -ring.buckets[charged])
-            ring.buckets[charged] += delta
-            ring.total += delta
-            if not ring.buckets[charged]:
-                del ring.buckets[charged]
+            ring.take(charged, max(delta, -amount))
         elif delta > 0:
-            ring.add(bucket_of(charge.window, now), delta)
+            ring.add(current, delta)
 
     async def refresh(self, charges: Sequence[Charge], lease: str, now: float) -> None:
         for charge in charges:
@@ -205,7 +259,7 @@ class MemoryWindowCounter:
         """Forget counters nobody used for a whole window, so memory follows the active set."""
         self._next_sweep = now + _SWEEP_EVERY
         for key, ring in list(self._rings.items()):
-            ring.expire(bucket_of(ring.window, now))
+            ring.expire(math.floor(now / ring.width))
             if not ring.buckets:
                 del self._rings[key]
         for key, holders in list(self._leases.items()):
@@ -229,64 +283,80 @@ class RedisWindowCounter:
         self.lease_ttl = lease_ttl
         self._redis = connection
         self._tag = tag
-        self._pending_keys: list[str] = []
-        self._pending: list[list[str | int]] = []
+        self._pending: list[tuple[str, list[str | int]]] = []  # settles: (key, entry)
         self._timer: asyncio.TimerHandle | None = None
+        self._since = 0.0  # loop time of the oldest pending settle
         self._sending: set[asyncio.Task[None]] = set()
+        self._keys: dict[str, str] = {}
 
     def _key(self, charge: Charge) -> str:
-        return self._redis.key("window", self._tag, charge.key)
+        key = self._keys.get(charge.key)
+        if key is None:
+            if len(self._keys) >= _KEYS_KEPT:
+                self._keys.clear()
+            key = self._keys[charge.key] = self._redis.key("window", self._tag, charge.key)
+        return key
 
     async def acquire(self, charges: Sequence[Charge], lease: str, now: float) -> Admission:
         now_ms = int(now * 1000)
         lease_ms = int(self.lease_ttl * 1000)
-        specs: list[list[str | int]] = []
+        entries = self._take_pending()
+        settled = len(entries)  # earlier settles go first, then this request's counters
         for charge in charges:
             if charge.window:
-                specs.append(["w", charge.limit, charge.cost, str(bucket_of(charge.window, now)),
-                              _window_ttl_ms(charge.window)])
+                entries.append((self._key(charge), [0, "w", charge.limit, charge.cost,
+                                                    str(bucket_of(charge.window, now)),
+                                                    _window_ttl_ms(charge.window)]))
             else:
-                specs.append(["c", charge.limit, 1, now_ms, 2 * lease_ms, now_ms + lease_ms])
-        settle_keys, settles = self._take_pending()
-        # JSON arguments: far cheaper for the client to send than six arguments per counter
-        result = await self._run(settle_keys + [self._key(c) for c in charges],
-                                 [lease, SLOTS, orjson.dumps(specs), orjson.dumps(settles)])
+                entries.append((self._key(charge), [0, "c", charge.limit, 1, now_ms,
+                                                    2 * lease_ms, now_ms + lease_ms]))
+        result = await self._run(*_pack(lease, settled, entries))
         return _admission(charges, result, now)
 
     async def settle(self, charges: Sequence[Charge], deltas: Sequence[int], charged_at: float,
                      lease: str, now: float) -> None:
+        waiting = bool(self._pending)
         for charge, delta in zip(charges, deltas, strict=True):
             if charge.window and delta:
-                self._pending.append(["w", delta, str(bucket_of(charge.window, charged_at)),
-                                      str(bucket_of(charge.window, now)),
-                                      _window_ttl_ms(charge.window)])
+                self._pending.append((self._key(charge), [
+                    0, "w", delta, str(bucket_of(charge.window, charged_at)),
+                    str(bucket_of(charge.window, now)), _window_ttl_ms(charge.window)]))
             elif not charge.window:
-                self._pending.append(["c", 0, lease])
-            else:
-                continue
-            self._pending_keys.append(self._key(charge))
-        if self._pending and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(SETTLE_DELAY, self._send_pending)
+                self._pending.append((self._key(charge), [0, "c", 0, lease]))
+        if self._pending and not waiting:
+            loop = asyncio.get_running_loop()
+            self._since = loop.time()
+            if self._timer is None:
+                self._timer = loop.call_later(SETTLE_DELAY, self._send_due)
 
-    def _take_pending(self) -> tuple[list[str], list[list[str | int]]]:
-        taken = self._pending_keys, self._pending
-        self._pending_keys, self._pending = [], []
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _take_pending(self) -> list[tuple[str, list[str | int]]]:
+        # The timer keeps running: under load, arming and cancelling it per request costs more
+        # than letting it find nothing to send.
+        taken, self._pending = self._pending, []
         return taken
 
-    def _send_pending(self) -> None:
+    def _send_due(self) -> None:
+        """Send the settles that found no admission to ride on within SETTLE_DELAY."""
         self._timer = None
-        keys, settles = self._take_pending()
-        if keys:
-            task = asyncio.get_running_loop().create_task(self._send(keys, settles))
+        if not self._pending:
+            return
+        loop = asyncio.get_running_loop()
+        early = self._since + SETTLE_DELAY - loop.time()
+        if early > 0:
+            self._timer = loop.call_later(early, self._send_due)
+        else:
+            self._send_pending()
+
+    def _send_pending(self) -> None:
+        entries = self._take_pending()
+        if entries:
+            task = asyncio.get_running_loop().create_task(self._send(entries))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
-    async def _send(self, keys: list[str], settles: list[list[str | int]]) -> None:
+    async def _send(self, entries: list[tuple[str, list[str | int]]]) -> None:
         with contextlib.suppress(StateBackendError):  # leases expire; estimates stand
-            await self._run(keys, ["", SLOTS, b"[]", orjson.dumps(settles)])
+            await self._run(*_pack("", len(entries), entries))
 
     async def refresh(self, charges: Sequence[Charge], lease: str, now: float) -> None:
         expiry = int((now + self.lease_ttl) * 1000)
@@ -301,28 +371,38 @@ class RedisWindowCounter:
             self._redis.mark_down(exc)
             raise StateBackendError("The rate-limit store (Redis) is unreachable.") from exc
 
-    async def _run(self, keys: list[str], args: list[str | int | bytes]) -> list[int]:
+    async def _run(self, keys: list[str], payload: bytes) -> list[int]:
         try:
-            result: list[int] = await self._redis.run("window", keys, args)
+            result: list[int] = await self._redis.run("window", keys, [payload])
         except (TimeoutError, RedisError, OSError) as exc:
             raise StateBackendError("The rate-limit store (Redis) is unreachable.") from exc
         return result
 
     async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._send_pending()
         if self._sending:
             await asyncio.wait(self._sending, timeout=2)
 
 
 def _admission(charges: Sequence[Charge], result: list[int], now: float) -> Admission:
-    refused, retry_bucket, never = (int(x) for x in result[:3])
-    used = [int(x) for x in result[3::2]]
-    newest = [int(x) for x in result[4::2]]
-    remaining = tuple(max(0, c.limit - u) for c, u in zip(charges, used, strict=True))
-    reset = tuple(max(0.0, bucket_end(c.window, top) - now) if c.window and top else 0.0
-                  for c, top in zip(charges, newest, strict=True))
+    refused, retry_bucket, never = result[0], result[1], result[2]
+    remaining: list[int] = []
+    reset: list[float] = []
+    at = 3
+    for charge in charges:
+        used, top = result[at], result[at + 1]
+        at += 2
+        remaining.append(charge.limit - used if used < charge.limit else 0)
+        if charge.window and top:
+            end = (top + SLOTS + 1) * (charge.window / SLOTS) - now
+            reset.append(end if end > 0.0 else 0.0)
+        else:
+            reset.append(0.0)
     if not refused:
-        return Admission(True, -1, 0.0, remaining, reset)
+        return Admission(True, -1, 0.0, tuple(remaining), tuple(reset))
     charge = charges[refused - 1]
     if never:
         retry = math.inf
@@ -330,7 +410,27 @@ def _admission(charges: Sequence[Charge], result: list[int], now: float) -> Admi
         retry = max(0.0, bucket_end(charge.window, retry_bucket) - now)
     else:
         retry = CONCURRENCY_HINT
-    return Admission(False, refused - 1, retry, remaining, reset)
+    return Admission(False, refused - 1, retry, tuple(remaining), tuple(reset))
+
+
+def _pack(lease: str, settled: int,
+          entries: list[tuple[str, list[str | int]]]) -> tuple[list[str], bytes]:
+    """The script's KEYS (each named once) and its one JSON argument, entries pointing at KEYS.
+
+    One argument and no repeated key: the client's cost grows with the number of arguments,
+    far more than with the length of one.
+    """
+    keys: list[str] = []
+    index: dict[str, int] = {}
+    payload: list[object] = [lease, SLOTS, settled]
+    for key, entry in entries:
+        at = index.get(key)
+        if at is None:
+            keys.append(key)
+            at = index[key] = len(keys)
+        entry[0] = at
+        payload.append(entry)
+    return keys, orjson.dumps(payload)
 
 
 def _window_ttl_ms(window: float) -> int:

@@ -386,3 +386,28 @@ async def test_a_stream_dropped_unclosed_still_frees_its_slot(clock: ManualClock
         await policy(exchange(), streamed)
     finally:
         await policy.aclose()
+
+
+async def test_counters_follow_what_each_request_carries(clock: ManualClock) -> None:
+    # Plans are remembered per caller: requests differing only in a tag or an address must still
+    # land on their own counters.
+    policy = await limits_policy([{"name": "per-project", "per": "tag:project", "requests": 1},
+                                  {"name": "per-ip", "per": "ip", "requests": 2}], clock)
+
+    def tagged(project: str, ip: str = "10.0.0.1") -> Exchange:
+        ex = exchange()
+        ex.identity, ex.client_ip = Identity(key_id="k1", tags={"project": project}), ip
+        return ex
+
+    try:
+        await policy(tagged("a"), answer(10))
+        with pytest.raises(RateLimited) as raised:
+            await policy(tagged("a", "10.0.0.2"), answer(10))
+        assert "per-project" in str(raised.value)
+        await policy(tagged("b"), answer(10))
+        with pytest.raises(RateLimited) as raised:
+            await policy(tagged("c"), answer(10))
+        assert "per-ip" in str(raised.value)
+        await policy(tagged("c", "10.0.0.2"), answer(10))
+    finally:
+        await policy.aclose()

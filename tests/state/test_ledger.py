@@ -150,3 +150,8 @@ def test_nano_usd_rounds_up_and_never_drifts() -> None:
     assert to_nano(0.0) == 0
     assert to_nano(12.5) == 12 * NANO + NANO // 2
     assert to_nano(0.1 + 0.2) == 300_000_000
+    # Float noise below a thousandth of a nano is dropped; anything above it rounds up.
+    assert to_nano(7.0001e-9) == 7
+    assert to_nano(7.0009e-9) == 8
+    assert to_nano(7.5e-9) == 8
+    assert to_nano(1e9) == NANO * NANO

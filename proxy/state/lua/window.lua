@@ -1,29 +1,30 @@
 -- units: amounts are integer counts (requests or tokens); buckets are integer indexes floor(t / (window / slots)); lease times are integer milliseconds; key ttls are milliseconds.
 -- One call per request: first settles earlier requests (token corrections, lease releases), then
 -- admits this one on every counter or on none. All KEYS share one hash tag (Redis Cluster).
--- KEYS: the settled counters, then the counters to charge. A counter is a window (hash: bucket
---       index -> amount, plus n = live total, o = oldest live bucket, t = newest bucket) or a
---       concurrency set (sorted set: lease -> expiry ms).
--- ARGV[1] lease of this request; ARGV[2] slots (buckets per window);
--- ARGV[3] JSON, one entry per counter to charge: [kind ("w" | "c"), limit, cost,
---         current (bucket index as a string | now ms), key ttl ms, lease expiry ms (concurrency)];
--- ARGV[4] JSON, one entry per settled counter: ["w", delta, charged bucket (string),
---         current bucket (string), key ttl ms] or ["c", 0, lease].
+-- KEYS: every counter touched, each once. A counter is a window (hash: bucket index -> amount,
+--       plus n = live total, o = oldest live bucket, t = newest bucket) or a concurrency set
+--       (sorted set: lease -> expiry ms).
+-- ARGV[1] JSON: [lease of this request, slots (buckets per window), number of settles, entries...];
+--         each entry starts with the index of its counter in KEYS. First the settles:
+--         [k, "w", delta, charged bucket (string), current bucket (string), key ttl ms] or
+--         [k, "c", 0, lease]; then the counters to charge: [k, "w", limit, cost, current bucket
+--         (string), key ttl ms] or [k, "c", limit, cost, now ms, key ttl ms, lease expiry ms].
 -- Returns {refused (1-based, 0: admitted), retry bucket, never (1: cost above limit), then used and
 --          newest bucket per charged counter (after the charge when admitted, before it if refused)}.
-local lease = ARGV[1]
-local slots = tonumber(ARGV[2])
-local settles = cjson.decode(ARGV[4])
-local offset = #settles
+-- Only what changes is written: a window's key ttl moves when a new newest bucket starts, and
+-- expired leases are dropped when a concurrency set looks full.
+local payload = cjson.decode(ARGV[1])
+local lease, slots, offset = payload[1], payload[2], payload[3]
+local first = 3 -- payload[first + i] is entry i
+local count = #payload - first - offset
 
 for i = 1, offset do
-  local spec = settles[i]
-  local kind, delta = spec[1], spec[2]
-  local key = KEYS[i]
+  local spec = payload[first + i]
+  local key, kind, delta = KEYS[spec[1]], spec[2], spec[3]
   if kind == 'c' then
-    redis.call('ZREM', key, spec[3])
+    redis.call('ZREM', key, spec[4])
   elseif delta ~= 0 then
-    local charged, current = spec[3], tonumber(spec[4])
+    local charged, current = spec[4], tonumber(spec[5])
     local amount = tonumber(redis.call('HGET', key, charged) or '0')
     if tonumber(charged) >= current - slots and amount > 0 then
       -- the correction belongs to the bucket of the original charge, so it expires with it
@@ -36,20 +37,16 @@ for i = 1, offset do
       redis.call('HINCRBY', key, 'n', change)
     elseif delta > 0 then
       -- the charge already left the window: count the extra usage from now
-      redis.call('HINCRBY', key, spec[4], delta)
+      redis.call('HINCRBY', key, spec[5], delta)
       redis.call('HINCRBY', key, 'n', delta)
-      redis.call('HSETNX', key, 'o', spec[4])
+      redis.call('HSETNX', key, 'o', spec[5])
       if current > (tonumber(redis.call('HGET', key, 't')) or 0) then
-        redis.call('HSET', key, 't', spec[4])
+        redis.call('HSET', key, 't', spec[5])
       end
-      redis.call('PEXPIRE', key, spec[5])
+      redis.call('PEXPIRE', key, spec[6])
     end
   end
 end
-
-local specs = cjson.decode(ARGV[3])
-local used, newest = {}, {}
-local refused, retry, never = 0, 0, 0
 
 -- Recount a window from scratch: after a long idle gap, cheaper than walking every empty bucket.
 local function rebuild(key, floor)
@@ -72,17 +69,21 @@ local function rebuild(key, floor)
   return total, top
 end
 
--- Drop the buckets that left the window; amortised O(1): usually none or one.
+-- Drop the buckets that left the window; amortised O(1): usually none or one. Returns the live
+-- total, the newest bucket and the oldest (nil when the key does not exist).
 local function expire(key, current)
   local state = redis.call('HMGET', key, 'n', 'o', 't')
   local total, oldest, top = tonumber(state[1]) or 0, tonumber(state[2]), tonumber(state[3]) or 0
   local floor = current - slots
-  if oldest == nil or oldest >= floor then return total, top end
+  if oldest == nil or oldest >= floor then return total, top, oldest end
   if top < floor then
     redis.call('DEL', key)
-    return 0, 0
+    return 0, 0, nil
   end
-  if floor - oldest > slots + 1 then return rebuild(key, floor) end
+  if floor - oldest > slots + 1 then
+    total, top = rebuild(key, floor)
+    return total, top, floor
+  end
   for index = oldest, floor - 1 do
     local amount = redis.call('HGET', key, index)
     if amount then
@@ -91,7 +92,7 @@ local function expire(key, current)
     end
   end
   redis.call('HSET', key, 'n', total, 'o', floor)
-  return total, top
+  return total, top, floor
 end
 
 local function earliest_fit(key, floor, need)
@@ -110,15 +111,22 @@ local function earliest_fit(key, floor, need)
   return 0
 end
 
-for i = 1, #specs do
-  local spec = specs[i]
-  local kind, limit, cost, current = spec[1], spec[2], spec[3], tonumber(spec[4])
+local used, newest, oldests = {}, {}, {}
+local refused, retry, never = 0, 0, 0
+
+for i = 1, count do
+  local spec = payload[first + offset + i]
+  local key, kind, limit, cost, current = KEYS[spec[1]], spec[2], spec[3], spec[4], tonumber(spec[5])
   local total, top = 0, 0
   if kind == 'w' then
-    total, top = expire(KEYS[offset + i], current)
+    total, top, oldests[i] = expire(key, current)
   else
-    redis.call('ZREMRANGEBYSCORE', KEYS[offset + i], '-inf', current)
-    total = redis.call('ZCARD', KEYS[offset + i])
+    total = redis.call('ZCARD', key)
+    if total + 1 > limit then
+      -- full: only now is it worth dropping the leases of holders that stopped refreshing
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', current)
+      total = redis.call('ZCARD', key)
+    end
   end
   used[i], newest[i] = total, top
   if refused == 0 and total + cost > limit then
@@ -126,35 +134,38 @@ for i = 1, #specs do
     if cost > limit then
       never = 1
     elseif kind == 'w' then
-      retry = earliest_fit(KEYS[offset + i], current - slots, total + cost - limit)
+      retry = earliest_fit(key, current - slots, total + cost - limit)
     end
   end
 end
 
 if refused == 0 then
-  for i = 1, #specs do
-    local spec = specs[i]
-    local kind, cost, current = spec[1], spec[3], spec[4]
+  for i = 1, count do
+    local spec = payload[first + offset + i]
+    local key, kind, cost, current = KEYS[spec[1]], spec[2], spec[4], spec[5]
     if kind == 'w' then
       if cost > 0 then
-        redis.call('HINCRBY', KEYS[offset + i], current, cost)
-        redis.call('HINCRBY', KEYS[offset + i], 'n', cost)
-        redis.call('HSETNX', KEYS[offset + i], 'o', current)
-        if tonumber(current) > newest[i] then redis.call('HSET', KEYS[offset + i], 't', current) end
-        redis.call('PEXPIRE', KEYS[offset + i], spec[5])
+        redis.call('HINCRBY', key, current, cost)
+        redis.call('HINCRBY', key, 'n', cost)
+        if oldests[i] == nil then redis.call('HSET', key, 'o', current) end
+        if tonumber(current) > newest[i] then
+          -- a new newest bucket: the key must now outlive it (older ones expire before it)
+          redis.call('HSET', key, 't', current)
+          redis.call('PEXPIRE', key, spec[6])
+          newest[i] = tonumber(current)
+        end
         used[i] = used[i] + cost
-        newest[i] = math.max(newest[i], tonumber(current))
       end
     else
-      redis.call('ZADD', KEYS[offset + i], spec[6], lease)
-      redis.call('PEXPIRE', KEYS[offset + i], spec[5])
+      redis.call('ZADD', key, spec[7], lease)
+      redis.call('PEXPIRE', key, spec[6])
       used[i] = used[i] + 1
     end
   end
 end
 
 local out = {refused, retry, never}
-for i = 1, #specs do
+for i = 1, count do
   out[#out + 1] = used[i]
   out[#out + 1] = newest[i]
 end
