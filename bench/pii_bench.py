@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proxy.pii import PiiConfig, Redaction, compile_engine
@@ -44,11 +46,18 @@ def kb(text: str, size: int = 2048) -> str:
     return (text * (size // len(text) + 1))[:size]
 
 
+def ticket() -> str:
+    """The user prompt of the end-to-end 2 KB benchmark body (an e-mail and a phone number)."""
+    body = orjson.loads((Path(__file__).parent / "bodies" / "chat-2kb.json").read_bytes())
+    return str(body["messages"][-1]["content"])
+
+
 CASES = {
     "prose, no PII": kb(PROSE),
     "prose with PII": kb(PROSE + PII),
     "code": kb(CODE),
     "numeric table": kb(TABLE),
+    "support ticket (bodies/chat-2kb.json)": ticket(),
 }
 
 

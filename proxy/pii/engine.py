@@ -4,7 +4,6 @@ that applies each entity's action and remembers pseudonyms, counts and blocked t
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -47,11 +46,13 @@ class Redaction:
     """One request's state. Counts are per entity type; values are never kept except in the
     pseudonym map, which lives only as long as the request."""
 
+    __slots__ = ("blocked", "counts", "engine", "output_counts", "pseudonyms")
+
     def __init__(self, engine: PiiEngine) -> None:
         self.engine = engine
         self.pseudonyms = actions.PseudonymMap()
-        self.counts: Counter[str] = Counter()
-        self.output_counts: Counter[str] = Counter()
+        self.counts: dict[str, int] = {}
+        self.output_counts: dict[str, int] = {}
         self.blocked: set[str] = set()
 
     def request_text(self, text: str) -> str:
@@ -73,26 +74,26 @@ class Redaction:
     def _apply(self, text: str, matches: list[Match], *, output: bool) -> str:
         parts: list[str] = []
         last = 0
-        for match in matches:
-            value = text[match.start:match.end]
-            parts.append(text[last:match.start])
-            parts.append(self._replacement(match.entity, value, output))
-            last = match.end
+        counts = self.output_counts if output else self.counts
+        for start, end, entity in matches:
+            parts.append(text[last:start])
+            parts.append(self._replacement(entity, text[start:end], output))
+            counts[entity] = counts.get(entity, 0) + 1
+            last = end
         parts.append(text[last:])
         return "".join(parts)
 
     def _replacement(self, entity: str, value: str, output: bool) -> str:
-        action = self.engine.action(entity)
-        (self.output_counts if output else self.counts)[entity] += 1
-        if action == "block" and not output:
-            self.blocked.add(entity)
-            return actions.redact(entity)
+        action = self.engine.actions.get(entity, self.engine.default_action)
         if action == "mask":
             return actions.mask(entity, value)
         if action == "hash":
             return actions.hash_token(self.engine.hash_key, entity, value)
-        if action == "pseudonymize" and not output:
-            return self.pseudonyms.placeholder(entity, value)
+        if not output:
+            if action == "block":
+                self.blocked.add(entity)
+            elif action == "pseudonymize":
+                return self.pseudonyms.placeholder(entity, value)
         return actions.redact(entity)
 
     def apply_output(self, text: str, matches: list[Match]) -> str:

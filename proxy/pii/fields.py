@@ -1,149 +1,168 @@
 """Where the text is in each endpoint's JSON: what the upstream reads in a request, and what the
-model wrote in a (non-streamed) answer. Walkers yield slots in a fixed order, so pseudonym
+model wrote in a (non-streamed) answer. Walkers list slots in a fixed order, so pseudonym
 numbering, and therefore the redacted body, is deterministic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any
 
 from proxy.pii.actions import PLACEHOLDER
 from proxy.pii.engine import Redaction
 from proxy.pii.restore import restore
 
-
-class Slot(NamedTuple):
-    """One string inside a JSON document; `json` marks strings that are themselves JSON text
-    (tool-call arguments), whose restored values must be JSON-escaped."""
-
-    container: dict[str, Any] | list[Any]
-    key: Any
-    json: bool = False
-
-    def get(self) -> str:
-        return self.container[self.key]  # type: ignore[no-any-return]
-
-    def set(self, value: str) -> None:
-        self.container[self.key] = value
+# One string inside a JSON document: its container, its key or index, and whether the string is
+# itself JSON text (tool-call arguments), whose restored values must be JSON-escaped. Walkers
+# append slots to a list (cheaper than nested generators, and this runs on every request).
+Slot = tuple[Any, Any, bool]
+Slots = list[Slot]
 
 
-def _text(container: Any, key: Any, json: bool = False) -> Iterator[Slot]:
-    if isinstance(container, dict | list):
-        try:
-            value = container[key]
-        except (KeyError, IndexError, TypeError):
-            return
+def _text(out: Slots, container: Any, key: str, json: bool = False) -> None:
+    if isinstance(container, dict):
+        value = container.get(key)
         if isinstance(value, str) and value:
-            yield Slot(container, key, json)
+            out.append((container, key, json))
 
 
-def _parts(content: Any) -> Iterator[Slot]:
+def _parts(out: Slots, content: Any) -> None:
     """A `content` that is a string or an array of parts (`text`, `input_text`, `output_text`)."""
     if isinstance(content, list):
         for part in content:
             if isinstance(part, dict):
-                yield from _text(part, "text")
+                _text(out, part, "text")
                 if isinstance(part.get("refusal"), str):
-                    yield from _text(part, "refusal")
+                    _text(out, part, "refusal")
 
 
-def _content(holder: Any, key: str = "content") -> Iterator[Slot]:
+def _content(out: Slots, holder: Any, key: str = "content") -> None:
     if not isinstance(holder, dict):
         return
     value = holder.get(key)
     if isinstance(value, str):
-        yield from _text(holder, key)
+        if value:
+            out.append((holder, key, False))
     else:
-        yield from _parts(value)
+        _parts(out, value)
 
 
-def _tool_calls(message: dict[str, Any]) -> Iterator[Slot]:
+def _tool_calls(out: Slots, message: dict[str, Any]) -> None:
     calls = message.get("tool_calls")
     if isinstance(calls, list):
         for call in calls:
             if isinstance(call, dict):
-                yield from _text(call.get("function"), "arguments", json=True)
-    yield from _text(message.get("function_call"), "arguments", json=True)
+                _text(out, call.get("function"), "arguments", json=True)
+    _text(out, message.get("function_call"), "arguments", json=True)
 
 
-def _strings(container: Any, key: str) -> Iterator[Slot]:
+def _strings(out: Slots, container: dict[str, Any], key: str) -> None:
     """A string or a list of strings; token arrays (lists of ints) are left alone."""
     value = container.get(key)
     if isinstance(value, str):
-        yield from _text(container, key)
+        _text(out, container, key)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            if isinstance(item, str):
-                yield from _text(value, index)
+            if isinstance(item, str) and item:
+                out.append((value, index, False))
 
 
-def chat_request(body: dict[str, Any]) -> Iterator[Slot]:
+def chat_request(body: dict[str, Any]) -> Slots:
+    out: Slots = []
     messages = body.get("messages")
     for message in messages if isinstance(messages, list) else ():
         if isinstance(message, dict):
-            yield from _content(message)
-            yield from _tool_calls(message)
+            _message(out, message)
+    return out
 
 
-def completions_request(body: dict[str, Any]) -> Iterator[Slot]:
-    yield from _strings(body, "prompt")
-    yield from _text(body, "suffix")
+def _message(out: Slots, message: dict[str, Any]) -> None:
+    """A chat message's text: `_content`, inlined for the usual string, then tool calls."""
+    content = message.get("content")
+    if isinstance(content, str):
+        if content:
+            out.append((message, "content", False))
+    else:
+        _parts(out, content)
+    if "tool_calls" in message or "function_call" in message:
+        _tool_calls(out, message)
 
 
-def embeddings_request(body: dict[str, Any]) -> Iterator[Slot]:
-    yield from _strings(body, "input")
+def completions_request(body: dict[str, Any]) -> Slots:
+    out: Slots = []
+    _strings(out, body, "prompt")
+    _text(out, body, "suffix")
+    return out
 
 
-def responses_request(body: dict[str, Any]) -> Iterator[Slot]:
-    yield from _text(body, "instructions")
+def embeddings_request(body: dict[str, Any]) -> Slots:
+    out: Slots = []
+    _strings(out, body, "input")
+    return out
+
+
+def responses_request(body: dict[str, Any]) -> Slots:
+    out: Slots = []
+    _text(out, body, "instructions")
     items = body.get("input")
     if isinstance(items, str):
-        yield from _text(body, "input")
-        return
+        _text(out, body, "input")
+        return out
     for item in items if isinstance(items, list) else ():
         if isinstance(item, dict):
-            yield from _response_item(item)
+            _response_item(out, item)
+    return out
 
 
-def _response_item(item: dict[str, Any]) -> Iterator[Slot]:
+def _response_item(out: Slots, item: dict[str, Any]) -> None:
     kind = item.get("type")
     if kind in ("function_call", "custom_tool_call"):
-        yield from _text(item, "arguments", json=True)
-        yield from _text(item, "input")
+        _text(out, item, "arguments", json=True)
+        _text(out, item, "input")
     elif kind in ("function_call_output", "custom_tool_call_output"):
-        yield from _content(item, "output")
+        _content(out, item, "output")
     else:
-        yield from _content(item)
-        yield from _parts(item.get("summary"))      # reasoning items carry text here
+        _content(out, item)
+        _parts(out, item.get("summary"))      # reasoning items carry text here
 
 
-def chat_response(body: dict[str, Any]) -> Iterator[Slot]:
+def chat_response(body: dict[str, Any]) -> Slots:
+    out: Slots = []
     for choice in _list(body.get("choices")):
         message = choice.get("message")
         if isinstance(message, dict):
-            yield from _content(message)
-            yield from _text(message, "refusal")
-            yield from _tool_calls(message)
+            content = message.get("content")
+            if isinstance(content, str):
+                if content:
+                    out.append((message, "content", False))
+            else:
+                _parts(out, content)
+            _text(out, message, "refusal")
+            _tool_calls(out, message)
+    return out
 
 
-def completions_response(body: dict[str, Any]) -> Iterator[Slot]:
+def completions_response(body: dict[str, Any]) -> Slots:
+    out: Slots = []
     for choice in _list(body.get("choices")):
-        yield from _text(choice, "text")
+        _text(out, choice, "text")
+    return out
 
 
-def responses_response(body: dict[str, Any]) -> Iterator[Slot]:
-    yield from _text(body, "output_text")
+def responses_response(body: dict[str, Any]) -> Slots:
+    out: Slots = []
+    _text(out, body, "output_text")
     for item in _list(body.get("output")):
-        yield from _response_item(item)
+        _response_item(out, item)
+    return out
 
 
 def _list(value: Any) -> list[dict[str, Any]]:
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
-Walker = Callable[[dict[str, Any]], Iterator[Slot]]
+Walker = Callable[[dict[str, Any]], Slots]
 REQUEST_WALKERS: Mapping[str, Walker] = MappingProxyType({
     "chat.completions": chat_request,
     "completions": completions_request,
@@ -162,16 +181,17 @@ def redact_request(endpoint: str, body: dict[str, Any], redaction: Redaction) ->
     walker = REQUEST_WALKERS.get(str(endpoint))
     if walker is None:
         return False
-    slots = list(walker(body))
-    for slot in slots:
-        for match in PLACEHOLDER.finditer(slot.get()):
-            redaction.pseudonyms.reserve(match.group())
+    slots = walker(body)
+    texts = [container[key] for container, key, _ in slots]
+    for text in texts:
+        if "<" in text:
+            for match in PLACEHOLDER.finditer(text):
+                redaction.pseudonyms.reserve(match.group())
     changed = False
-    for slot in slots:
-        text = slot.get()
+    for (container, key, _), text in zip(slots, texts, strict=True):
         redacted = redaction.request_text(text)
         if redacted != text:
-            slot.set(redacted)
+            container[key] = redacted
             changed = True
     return changed
 
@@ -183,11 +203,13 @@ def restore_response(endpoint: str, body: dict[str, Any], redaction: Redaction,
     if walker is None:
         return False
     changed = False
-    for slot in list(walker(body)):
-        text = slot.get()
+    pseudonyms = redaction.pseudonyms if len(redaction.pseudonyms) else None
+    for container, key, json in walker(body):
+        text = container[key]
         out = redaction.output_text(text) if scan_output else text
-        out = restore(out, redaction.pseudonyms, json_escape=slot.json)
+        if pseudonyms is not None:
+            out = restore(out, pseudonyms, json_escape=json)
         if out != text:
-            slot.set(out)
+            container[key] = out
             changed = True
     return changed

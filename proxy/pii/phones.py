@@ -7,22 +7,15 @@ regions; look-alikes (dates, SSNs, dotted quads, order and product numbers) are 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 import phonenumbers
 
-from proxy.pii.recognizers import (
-    NON_DIGITS,
-    PRIORITY,
-    WINDOW_AFTER,
-    Cluster,
-    Span,
-    count_digits,
-    glued,
-)
+from proxy.pii.facts import DIGITS7, Facts
+from proxy.pii.recognizers import NON_DIGITS, PRIORITY, WINDOW_AFTER, Span, count_digits, glued
 
 _PHONE = re.compile(
     r"(?:\+|00)?\(?\d+(?:(?:\)?[ ./-]\(?|\)\(?|\()\d+){0,8}\)?"
@@ -44,15 +37,19 @@ _FILLER_WORDS = frozenset({"no", "no.", "nr", "nr.", "number", "#", "num", "id",
 
 
 def _not_phone(before: str) -> bool:
+    """True when the last of the (up to three) words before the number, fillers skipped, says
+    the number is something else."""
     tail = before.rstrip()
     if tail.endswith("#"):
         return True
-    words = [w.strip(":.#,()").casefold() for w in tail.split()[-3:]]
-    while words and (words[-1] in _FILLER_WORDS or not words[-1]):
-        words.pop()
-    return bool(words) and words[-1] in _NOT_PHONE_WORDS
+    for word in reversed(tail.split()[-3:]):
+        word = word.strip(":.#,()").casefold()
+        if word and word not in _FILLER_WORDS:
+            return word in _NOT_PHONE_WORDS
+    return False
 
 
+_SINGLE_DIGIT = re.compile(r"(?<![0-9])[0-9](?![0-9])")
 _STRONG_FORMAT = re.compile(
     r"^(?:\+|00|\(\d{2,5}\)|\d{3}[-. ]\d{3}[-. ]\d{4}$|\d{3}[-. ]\d{4}$|0\d{1,4}[ -/]\d)"
 )
@@ -72,9 +69,20 @@ class PhoneRecognizer:
     international: Mapping[int, frozenset[int]]   # the same per country calling code
     entity: str = "phone"
     priority: int = PRIORITY["phone"]
+    needs: int = DIGITS7
+    needs_any: int = 0
+    # Per region, for the length test: (region, national lengths, prefix the number must start
+    # with and that does not count, or None, prefix that may be dropped, or None).
+    plans: tuple[tuple[str, frozenset[int], str | None, str | None], ...] = ()
+    # The same lengths merged, for "does any region fit": regions with the 0 trunk prefix, with
+    # an optional 1 (US, CA), and the others.
+    merged: tuple[frozenset[int], frozenset[int], frozenset[int]] = (
+        frozenset(), frozenset(), frozenset())
 
-    def find(self, text: str, numeric: Sequence[Cluster]) -> Iterator[Span]:
-        for start, end, digits in numeric:
+    def find(self, facts: Facts) -> list[Span]:
+        text = facts.text
+        spans: list[Span] = []
+        for start, end, digits in facts.clusters:
             if digits < 7:
                 continue
             pos = start
@@ -84,12 +92,13 @@ class PhoneRecognizer:
                 match = _PHONE.match(text, pos, min(len(text), end + WINDOW_AFTER))
                 found = self._confirm(text, match) if match is not None else None
                 if found is not None:
-                    yield pos, found
-                    pos = _next_digit(text, found, end)
+                    spans.append((pos, found))
+                    pos = found if found >= end else _next_digit(text, found, end)
                 else:
                     # Inside a rejected run only an explicit "+..." or "(..." starts a phone;
                     # anything else there is more likely part of an account or card number.
                     pos = _next_strong_start(text, max(pos, start) + 1, end)
+        return spans
 
     def _confirm(self, text: str, match: re.Match[str]) -> int | None:
         """End of the phone number starting at `match`, or None. A candidate with more digits
@@ -97,9 +106,12 @@ class PhoneRecognizer:
         start = match.start()
         if glued(text, start, "+/.:-"):
             return None
-        before = text[max(0, start - 30):start]
         candidate = match.group()
-        if self._accept(candidate, before):
+        screened = "x" not in candidate      # no extension: `_accept` would test this text
+        if screened and _NEVER_PHONE.match(candidate):
+            return None      # a date (or SSN, or dotted quad), and so is any head of it
+        before = text[max(0, start - 30):start]
+        if self._accept(candidate, before, screened):
             return match.end()
         if count_digits(candidate) > 15:
             for cut in _spaces_from_right(candidate, 3):
@@ -108,21 +120,25 @@ class PhoneRecognizer:
                     return start + cut
         return None
 
-    def _accept(self, candidate: str, before: str) -> bool:
+    def _accept(self, candidate: str, before: str, screened: bool = False) -> bool:
+        """`screened`: the caller has already checked `_NEVER_PHONE` on this candidate."""
         number = _PHONE_EXT.sub("", candidate) if "x" in candidate else candidate
-        if not 7 <= count_digits(number) <= 15 or _NEVER_PHONE.match(number) or _not_phone(before):
-            return False
-        groups = [g for g in NON_DIGITS.split(number) if g]
-        if sum(len(g) == 1 for g in groups) > 2:
-            return False
         digits = NON_DIGITS.sub("", number)
+        if not 7 <= len(digits) <= 15 or (not screened and _NEVER_PHONE.match(number)):
+            return False
+        if len(_SINGLE_DIGIT.findall(number)) > 2 or _not_phone(before):
+            return False     # more than two one-digit groups, or an order, invoice... number
         if number.startswith(("+", "00")):
             return self._international(digits[2:] if number.startswith("00") else digits,
                                        trunk="(0)" in number)
-        regions = [region for region in self.regions if self._plausible(digits, region)]
         if _STRONG_FORMAT.match(number):
-            return bool(regions)     # written like a phone, and the length fits a region
-        return any(_subscriber(number, region) for region in regions)
+            # Written like a phone, and the length fits a region.
+            zero, one, plain = self.merged
+            size, first = len(digits), digits[0]
+            return ((first == "0" and size - 1 in zero) or size in plain
+                    or (size - 1 in one if first == "1" else size in one))
+        return any(_subscriber(number, plan[0]) for plan in self.plans
+                   if self._plausible(digits, plan))
 
     def _international(self, digits: str, trunk: bool) -> bool:
         """A country calling code followed by a possible number length for that country.
@@ -134,18 +150,22 @@ class PhoneRecognizer:
                 return rest in lengths or (trunk and rest - 1 in lengths)
         return False
 
-    def _plausible(self, digits: str, region: str) -> bool:
+    @staticmethod
+    def _plausible(digits: str, plan: tuple[str, frozenset[int], str | None, str | None]
+                   ) -> bool:
         """Cheap length test before asking `phonenumbers` (a parse costs ~15 µs per region)."""
-        if _trunk_zero(region):
-            if not digits.startswith("0"):
-                return False     # national numbers there are written with the 0 trunk prefix
-            digits = digits[1:]
-        elif region in ("US", "CA") and digits.startswith("1"):
-            digits = digits[1:]
-        return len(digits) in self.lengths.get(region, frozenset())
+        _, lengths, required, optional = plan
+        if required is not None:
+            # National numbers there are written with the 0 trunk prefix.
+            return digits.startswith(required) and len(digits) - 1 in lengths
+        if optional is not None and digits.startswith(optional):
+            return len(digits) - 1 in lengths
+        return len(digits) in lengths
 
 
 def _next_strong_start(text: str, pos: int, limit: int) -> int:
+    if text.find(" ", pos, limit) < 0:
+        return limit     # the usual case, and one search instead of two
     found = [i for i in (text.find(" +", pos, limit), text.find(" (", pos, limit)) if i >= 0]
     return min(found) + 2 if found else limit
 
@@ -215,5 +235,15 @@ def international_lengths() -> dict[int, frozenset[int]]:
 
 
 def phone_recognizer(regions: Sequence[str]) -> PhoneRecognizer:
-    return PhoneRecognizer(tuple(regions), MappingProxyType(national_lengths(regions)),
-                           MappingProxyType(international_lengths()))
+    lengths = national_lengths(regions)
+    plans = tuple((region, lengths.get(region, frozenset()), "0" if _trunk_zero(region) else None,
+                   "1" if region in ("US", "CA") and not _trunk_zero(region) else None)
+                  for region in regions)
+
+    def merged(required: str | None, optional: str | None) -> frozenset[int]:
+        return frozenset().union(*(sizes for _, sizes, must, may in plans
+                                   if must == required and may == optional))
+
+    return PhoneRecognizer(tuple(regions), MappingProxyType(lengths),
+                           MappingProxyType(international_lengths()), plans=plans,
+                           merged=(merged("0", None), merged(None, "1"), merged(None, None)))

@@ -8,13 +8,13 @@ Only counts per entity type leave this module (span attributes and a metric), ne
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable
 from contextlib import aclosing
 from typing import Any
 
 import orjson
 from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from proxy.errors import PiiDetected, PolicyFailure
 from proxy.exchange import Exchange, Reply
@@ -40,39 +40,34 @@ class PiiPolicy:
 
     def __init__(self, engine: PiiEngine, meter: metrics.Meter) -> None:
         self._engine = engine
-        self._detections = meter.create_counter(
-            "sidecar.pii.detections", unit="{entity}",
+        # Totals per (entity, direction), read by the meter when it collects: a synchronous
+        # counter's `add` costs the SDK several microseconds per call, on every request.
+        self._totals: dict[tuple[str, str], int] = {}
+        self._notes: dict[tuple[str, str], str] = {}
+        meter.create_observable_counter(
+            "sidecar.pii.detections", callbacks=[self._observe], unit="{entity}",
             description="PII values found, by entity type and direction (request / response).")
 
     async def aclose(self) -> None:
         return None
 
     async def __call__(self, ex: Exchange, call_next: Handler) -> Reply:
-        if ex.body is None or str(ex.endpoint) not in REQUEST_WALKERS:
+        body = ex.body
+        if body is None or str(ex.endpoint) not in REQUEST_WALKERS:
             return await call_next(ex)
-        redaction = self._engine.session()
-        changed = await self._redact(ex, ex.body, redaction)
+        redaction = Redaction(self._engine)
+        if len(ex.raw_body) > _THREAD_ABOVE:
+            changed = await asyncio.to_thread(self._redact, ex, body, redaction)
+        else:
+            changed = self._redact(ex, body, redaction)
         self._record(ex, redaction.counts, "request")
         if redaction.blocked:
             kinds = ", ".join(sorted(redaction.blocked))
             raise PiiDetected(f"The request contains personal data or secrets ({kinds}) "
                               "that this gateway does not forward.")
         if changed:
-            ex.replace_body(ex.body)
+            ex.replace_body(body)
         reply = await call_next(ex)
-        return await self._answer(ex, reply, redaction)
-
-    async def _redact(self, ex: Exchange, body: dict[str, Any], redaction: Redaction) -> bool:
-        try:
-            if len(ex.raw_body) > _THREAD_ABOVE:
-                return await asyncio.to_thread(redact_request, ex.endpoint, body, redaction)
-            return redact_request(ex.endpoint, body, redaction)
-        except Exception:
-            # `from None`: the original error may quote the text being scanned.
-            raise PolicyFailure("PII detection failed, so the request was not forwarded.",
-                                code="pii_detection_failed") from None
-
-    async def _answer(self, ex: Exchange, reply: Reply, redaction: Redaction) -> Reply:
         scan = self._engine.responses
         if not reply.ok or (not scan and not len(redaction.pseudonyms)):
             return reply
@@ -80,24 +75,35 @@ class PiiPolicy:
             if reply.sse:
                 reply.stream = self._rewrite(ex, reply.stream, redaction, scan)
             return reply
-        payload = reply.json()
-        if isinstance(payload, dict) and await self._restore(ex, reply, payload, redaction):
-            reply.replace_json(payload)
+        if len(reply.body or b"") > _THREAD_ABOVE:
+            await asyncio.to_thread(self._answer, ex, reply, redaction)
+        else:
+            self._answer(ex, reply, redaction)
         self._record(ex, redaction.output_counts, "response")
         return reply
 
-    async def _restore(self, ex: Exchange, reply: Reply, payload: dict[str, Any],
-                       redaction: Redaction) -> bool:
-        scan = self._engine.responses
+    @staticmethod
+    def _redact(ex: Exchange, body: dict[str, Any], redaction: Redaction) -> bool:
         try:
-            if len(reply.body or b"") > _THREAD_ABOVE:
-                return await asyncio.to_thread(restore_response, ex.endpoint, payload,
-                                               redaction, scan)
-            return restore_response(ex.endpoint, payload, redaction, scan)
+            return redact_request(ex.endpoint, body, redaction)
         except Exception:
-            # Fail closed here too: an answer that could not be scanned is not returned.
-            raise PolicyFailure("PII scanning of the answer failed.",
+            # `from None`: the original error may quote the text being scanned.
+            raise PolicyFailure("PII detection failed, so the request was not forwarded.",
                                 code="pii_detection_failed") from None
+
+    def _answer(self, ex: Exchange, reply: Reply, redaction: Redaction) -> None:
+        """A JSON answer: new PII redacted (if configured) and pseudonyms restored, in place."""
+        payload = reply.json()
+        if isinstance(payload, dict):
+            try:
+                changed = restore_response(ex.endpoint, payload, redaction,
+                                           self._engine.responses)
+            except Exception:
+                # Fail closed here too: an answer that could not be scanned is not returned.
+                raise PolicyFailure("PII scanning of the answer failed.",
+                                    code="pii_detection_failed") from None
+            if changed:
+                reply.replace_json(payload)
 
     async def _rewrite(self, ex: Exchange, frames: AsyncGenerator[bytes, None],
                        redaction: Redaction, scan: bool) -> AsyncGenerator[bytes, None]:
@@ -124,13 +130,26 @@ class PiiPolicy:
         finally:
             self._record(ex, redaction.output_counts, "response")
 
-    def _record(self, ex: Exchange, counts: Counter[str], direction: str) -> None:
+    def _record(self, ex: Exchange, counts: dict[str, int], direction: str) -> None:
+        """Counts into the metric and the span notes (on the event loop's thread only)."""
         if not counts:
             return
+        totals, names = self._totals, self._notes
+        notes: dict[str, int] = {}
         for entity, count in counts.items():
-            self._detections.add(count, {"entity": entity, "direction": direction})
-        ex.note("pii", **{f"pii.{direction}.{entity}": n for entity, n in counts.items()},
-                **{f"pii.{direction}.total": sum(counts.values())})
+            key = (entity, direction)
+            totals[key] = totals.get(key, 0) + count
+            name = names.get(key)
+            if name is None:
+                name = names[key] = f"pii.{direction}.{entity}"
+            notes[name] = count
+        notes[f"pii.{direction}.total"] = sum(counts.values())
+        ex.note("pii", **notes)
+
+    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        # May run on the exporter's thread: copy first (one C call, atomic under the GIL).
+        return [Observation(total, {"entity": entity, "direction": direction})
+                for (entity, direction), total in list(self._totals.items())]
 
 
 def _payload(data: bytes | None) -> dict[str, Any] | None:
