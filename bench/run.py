@@ -115,7 +115,8 @@ async def start_sidecar(config: Path, mock_base: str, procs: Processes, logdir: 
     name = f"sidecar-{config.stem}"
     command = [sys.executable, "-m", "proxy", "serve", "--config", str(config),
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    env = {"BENCH_UPSTREAM_URL": mock_base + "/v1", "SIDECAR_STATE__DATA_DIR": str(logdir / name)}
+    env = {"BENCH_UPSTREAM_URL": mock_base + "/v1", "BENCH_OTLP_ENDPOINT": mock_base,
+           "SIDECAR_STATE__DATA_DIR": str(logdir / name)}
     encodings = REPO.parent / "shared" / "tiktoken"  # as in CI: real token counts, no download
     if "TIKTOKEN_CACHE_DIR" not in os.environ and encodings.is_dir():
         env["TIKTOKEN_CACHE_DIR"] = str(encodings)

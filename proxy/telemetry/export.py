@@ -12,7 +12,10 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from proxy.telemetry.otlp import RecordExporter
+from proxy.telemetry.recorder import SpanRecord
 
 log = logging.getLogger("proxy.telemetry")
 
@@ -105,7 +108,7 @@ class ExportLog(logging.Filter):
 class _Abandonable:
     """What both guarded exporters share: shutting the inner exporter down once, quietly."""
 
-    _inner: SpanExporter | MetricExporter
+    _inner: RecordExporter | MetricExporter
     _health: ExportLog
     _abandoned: bool
 
@@ -119,18 +122,18 @@ class _Abandonable:
                 self._health.exporting(None)
 
 
-class GuardedSpanExporter(_Abandonable, SpanExporter):
+class GuardedSpanExporter(_Abandonable):
     """Never raises into the batch processor; reports health to the ExportLog; `abandon()` makes
     a shutdown skip a collector that does not answer instead of retrying until the timeout."""
 
-    _inner: SpanExporter
+    _inner: RecordExporter
 
-    def __init__(self, inner: SpanExporter, health: ExportLog) -> None:
+    def __init__(self, inner: RecordExporter, health: ExportLog) -> None:
         self._inner = inner
         self._health = health
         self._abandoned = False
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def export(self, spans: Sequence[SpanRecord | ReadableSpan]) -> SpanExportResult:
         if self._abandoned:
             return SpanExportResult.FAILURE
         self._health.exporting("traces")

@@ -14,13 +14,16 @@ from opentelemetry.util.types import AttributeValue
 from proxy.exchange import Endpoint, Exchange
 from proxy.wire import sse
 
+# Sequences are tuples, as the SDK's own spans keep them: hashable, so the encoder can
+# remember their encoding.
 Attributes = dict[str, AttributeValue]
 
-OPERATIONS: Mapping[Endpoint, str] = {
-    Endpoint.CHAT: ga.GenAiOperationNameValues.CHAT.value,
-    Endpoint.RESPONSES: ga.GenAiOperationNameValues.CHAT.value,
-    Endpoint.COMPLETIONS: ga.GenAiOperationNameValues.TEXT_COMPLETION.value,
-    Endpoint.EMBEDDINGS: ga.GenAiOperationNameValues.EMBEDDINGS.value,
+# By the endpoint's value: looking a (str) enum member up calls its Python-level __hash__.
+OPERATIONS: Mapping[str, str] = {
+    Endpoint.CHAT.value: ga.GenAiOperationNameValues.CHAT.value,
+    Endpoint.RESPONSES.value: ga.GenAiOperationNameValues.CHAT.value,
+    Endpoint.COMPLETIONS.value: ga.GenAiOperationNameValues.TEXT_COMPLETION.value,
+    Endpoint.EMBEDDINGS.value: ga.GenAiOperationNameValues.EMBEDDINGS.value,
 }
 
 # body key -> attribute, for the numeric sampling parameters copied as they are.
@@ -32,6 +35,8 @@ _NUMBERS = (
     ("presence_penalty", ga.GEN_AI_REQUEST_PRESENCE_PENALTY),
 )
 _MAX_TOKENS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+# Body keys that make request attributes beyond operation, model and stream (most bodies have none).
+_PARAMETERS = frozenset([*(key for key, _ in _NUMBERS), *_MAX_TOKENS, "n", "stop"])
 _FINAL_RESPONSE_EVENTS = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
 
 
@@ -39,12 +44,23 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def request_attributes(ex: Exchange, operation: str) -> Attributes:
-    """gen_ai.request.* from the body the upstream receives."""
-    attrs: Attributes = {ga.GEN_AI_OPERATION_NAME: operation}
+def request_attributes(ex: Exchange, operation: str, common: Attributes,
+                       own: Attributes) -> None:
+    """gen_ai.request.* from the body the upstream receives: the sampling parameters (numbers
+    of any type, so never `common`) to `own`, the rest to `common`."""
+    common[ga.GEN_AI_OPERATION_NAME] = operation
     body = ex.body or {}
     if ex.model:
-        attrs[ga.GEN_AI_REQUEST_MODEL] = ex.model
+        common[ga.GEN_AI_REQUEST_MODEL] = ex.model
+    if not _PARAMETERS.isdisjoint(body):
+        _parameters(body, own)
+    if ex.endpoint is not Endpoint.EMBEDDINGS:
+        common[ga.GEN_AI_REQUEST_STREAM] = ex.stream
+    elif isinstance(body.get("encoding_format"), str):
+        common[ga.GEN_AI_REQUEST_ENCODING_FORMATS] = (body["encoding_format"],)
+
+
+def _parameters(body: Mapping[str, Any], attrs: Attributes) -> None:
     for key, name in _NUMBERS:
         value = body.get(key)
         if _number(value):
@@ -58,67 +74,68 @@ def request_attributes(ex: Exchange, operation: str) -> Attributes:
         attrs[ga.GEN_AI_REQUEST_CHOICE_COUNT] = choices
     stop = body.get("stop")
     if isinstance(stop, str):
-        stop = [stop]
-    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        attrs[ga.GEN_AI_REQUEST_STOP_SEQUENCES] = stop
-    if ex.endpoint is not Endpoint.EMBEDDINGS:
-        attrs[ga.GEN_AI_REQUEST_STREAM] = ex.stream
-    elif isinstance(body.get("encoding_format"), str):
-        attrs[ga.GEN_AI_REQUEST_ENCODING_FORMATS] = [body["encoding_format"]]
-    return attrs
+        attrs[ga.GEN_AI_REQUEST_STOP_SEQUENCES] = (stop,)
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        attrs[ga.GEN_AI_REQUEST_STOP_SEQUENCES] = tuple(stop)
 
 
-def usage_tokens(usage: Mapping[str, Any] | None) -> tuple[int | None, int | None, Attributes]:
-    """(input tokens, output tokens, gen_ai.usage.* attributes) from an OpenAI `usage` object.
+def usage_tokens(usage: Mapping[str, Any], own: Attributes) -> tuple[int | None, int | None]:
+    """(input tokens, output tokens) from an OpenAI `usage` object, and its gen_ai.usage.*
+    attributes added to `own`.
 
     Chat and embeddings say prompt/completion, Responses says input/output; both count cached
     input tokens inside the input, as the convention wants.
     """
-    if not usage:
-        return None, None, {}
-    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-    completion = usage.get("completion_tokens", usage.get("output_tokens"))
-    attrs: Attributes = {}
+    prompt = usage["prompt_tokens"] if "prompt_tokens" in usage else usage.get("input_tokens")
+    completion = (usage["completion_tokens"] if "completion_tokens" in usage
+                  else usage.get("output_tokens"))
     tokens_in = prompt if isinstance(prompt, int) else None
     tokens_out = completion if isinstance(completion, int) else None
     if tokens_in is not None:
-        attrs[ga.GEN_AI_USAGE_INPUT_TOKENS] = tokens_in
+        own[ga.GEN_AI_USAGE_INPUT_TOKENS] = tokens_in
     if tokens_out is not None:
-        attrs[ga.GEN_AI_USAGE_OUTPUT_TOKENS] = tokens_out
-    cached = _detail(usage, ("prompt_tokens_details", "input_tokens_details"), "cached_tokens")
-    if cached is not None:
-        attrs[ga.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = cached
-    reasoning = _detail(usage, ("completion_tokens_details", "output_tokens_details"),
-                        "reasoning_tokens")
-    if reasoning is not None:
-        attrs[ga.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = reasoning
-    return tokens_in, tokens_out, attrs
+        own[ga.GEN_AI_USAGE_OUTPUT_TOKENS] = tokens_out
+    for chat, responses, key, name in _DETAILS:
+        details = usage.get(chat)
+        if not (isinstance(details, dict) and key in details and isinstance(details[key], int)):
+            details = usage.get(responses)
+        if isinstance(details, dict) and key in details and isinstance(details[key], int):
+            own[name] = details[key]
+    return tokens_in, tokens_out
 
 
-def _detail(usage: Mapping[str, Any], parents: tuple[str, ...], key: str) -> int | None:
-    for parent in parents:
-        details = usage.get(parent)
-        if isinstance(details, dict) and isinstance(details.get(key), int):
-            value: int = details[key]
-            return value
-    return None
+# (chat parent, Responses parent, key, attribute) of the token details.
+_DETAILS = (
+    ("prompt_tokens_details", "input_tokens_details", "cached_tokens",
+     ga.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
+    ("completion_tokens_details", "output_tokens_details", "reasoning_tokens",
+     ga.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS),
+)
 
 
-def response_attributes(payload: Any) -> Attributes:
-    """gen_ai.response.* of a JSON answer (chat, completions, embeddings or a Responses object)."""
+def response_attributes(payload: Any, common: Attributes, own: Attributes) -> None:
+    """gen_ai.response.* of a JSON answer (chat, completions, embeddings or a Responses object):
+    the id to `own`, model and finish reasons to `common`."""
     if not isinstance(payload, dict):
-        return {}
-    if payload.get("object") == "response" or str(payload.get("type") or "").startswith("response."):
+        return
+    if payload.get("object") == "response" or (
+            "type" in payload and str(payload["type"] or "").startswith("response.")):
         payload = payload.get("response", payload)
-    attrs: Attributes = {}
-    if isinstance(payload.get("id"), str):
-        attrs[ga.GEN_AI_RESPONSE_ID] = payload["id"]
-    if isinstance(payload.get("model"), str):
-        attrs[ga.GEN_AI_RESPONSE_MODEL] = payload["model"]
-    reasons = finish_reasons(payload)
+    if "id" in payload and isinstance(payload["id"], str):
+        own[ga.GEN_AI_RESPONSE_ID] = payload["id"]
+    if "model" in payload and isinstance(payload["model"], str):
+        common[ga.GEN_AI_RESPONSE_MODEL] = payload["model"]
+    choices = payload.get("choices")
+    if isinstance(choices, list):  # the common case, without a call per choice
+        reasons: list[str] = []
+        for choice in choices:
+            if isinstance(choice, dict) and "finish_reason" in choice and isinstance(
+                    choice["finish_reason"], str):
+                reasons.append(choice["finish_reason"])
+    else:
+        reasons = finish_reasons(payload)
     if reasons:
-        attrs[ga.GEN_AI_RESPONSE_FINISH_REASONS] = reasons
-    return attrs
+        common[ga.GEN_AI_RESPONSE_FINISH_REASONS] = tuple(reasons)
 
 
 def finish_reasons(payload: Mapping[str, Any]) -> list[str]:
@@ -169,16 +186,15 @@ class StreamFacts:
         self.finish.extend(finish_reasons(payload) if "status" in payload or "choices" in payload
                            else [])
 
-    def attributes(self) -> Attributes:
-        attrs: Attributes = {}
+    def attributes(self, common: Attributes, own: Attributes) -> None:
+        """As `response_attributes`, for the stream's answer."""
         if self.id is not None:
-            attrs[ga.GEN_AI_RESPONSE_ID] = self.id
+            own[ga.GEN_AI_RESPONSE_ID] = self.id
         if self.model is not None:
-            attrs[ga.GEN_AI_RESPONSE_MODEL] = self.model
-        finish = [r for r in self.finish if r not in ("in_progress",)]
+            common[ga.GEN_AI_RESPONSE_MODEL] = self.model
+        finish = tuple(r for r in self.finish if r != "in_progress")
         if finish:
-            attrs[ga.GEN_AI_RESPONSE_FINISH_REASONS] = finish
-        return attrs
+            common[ga.GEN_AI_RESPONSE_FINISH_REASONS] = finish
 
     def error_code(self) -> str:
         """The code of the error event a broken stream ends with (see proxy.upstream)."""

@@ -9,6 +9,7 @@ metric a policy creates itself is that policy's; telemetry derives it only for p
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from bisect import bisect_left
@@ -25,6 +26,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 from opentelemetry.sdk.metrics.export import Histogram as HistogramData
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ga
 from opentelemetry.semconv._incubating.metrics import gen_ai_metrics as gm
 
 # From the GenAI metric conventions (ExplicitBucketBoundaries).
@@ -46,29 +48,25 @@ Key = tuple[tuple[str, Any], ...]
 class HistogramStore:
     """A cumulative explicit-bucket histogram per attribute set."""
 
-    def __init__(self, name: str, unit: str, description: str, bounds: Sequence[float]) -> None:
+    def __init__(self, name: str, unit: str, description: str, bounds: Sequence[float],
+                 lock: threading.Lock) -> None:
         self.name, self.unit, self.description = name, unit, description
         self.bounds = tuple(bounds)
         self._points: dict[Key, list[Any]] = {}  # key -> [bucket counts, sum, count, min, max]
-        self._lock = threading.Lock()
+        self._lock = lock  # shared by the instruments: one request records under one lock
         self._start = time.time_ns()
 
-    def record(self, value: float, key: Key = ()) -> None:
-        with self._lock:
-            point = self._points.get(key)
-            if point is None:
-                point = self._points[key] = [[0] * (len(self.bounds) + 1), 0.0, 0, value, value]
-            point[0][bisect_left(self.bounds, value)] += 1
-            point[1] += value
-            point[2] += 1
-            if value < point[3]:
-                point[3] = value
-            if value > point[4]:
-                point[4] = value
+    def point(self, key: Key) -> list[Any]:
+        """The point of `key`, created empty if new; call it holding the store's lock."""
+        point = self._points.get(key)
+        if point is None:
+            point = self._points[key] = [[0] * (len(self.bounds) + 1), 0.0, 0, math.inf,
+                                         -math.inf]
+        return point
 
     def export(self, now: int) -> Metric | None:
         with self._lock:
-            points = [(key, list(p[0]), *p[1:]) for key, p in self._points.items()]
+            points = [(key, list(p[0]), *p[1:]) for key, p in self._points.items() if p[2]]
         if not points:
             return None
         data = [HistogramDataPoint(dict(key), self._start, now, count, total, counts, self.bounds,
@@ -107,16 +105,19 @@ class Instruments:
 
     def __init__(self, policy_meter: RecordingMeter) -> None:
         self._policy_meter = policy_meter
+        # One lock for the GenAI histograms: a call's measurements are recorded in one go.
+        self._lock = threading.Lock()
         self.duration = HistogramStore(gm.GEN_AI_CLIENT_OPERATION_DURATION, "s",
-                                       "GenAI operation duration.", DURATION_BUCKETS)
+                                       "GenAI operation duration.", DURATION_BUCKETS, self._lock)
         self.tokens = HistogramStore(gm.GEN_AI_CLIENT_TOKEN_USAGE, "{token}",
-                                     "Number of input and output tokens used.", TOKEN_BUCKETS)
+                                     "Number of input and output tokens used.", TOKEN_BUCKETS,
+                                     self._lock)
         self.first_chunk = HistogramStore(
             gm.GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK, "s",
-            "Time to receive the first chunk of a streamed answer.", DURATION_BUCKETS)
+            "Time to receive the first chunk of a streamed answer.", DURATION_BUCKETS, self._lock)
         self.overhead = HistogramStore(
             OVERHEAD, "s", "Time the sidecar itself spent on a request (total minus upstream wait).",
-            OVERHEAD_BUCKETS)
+            OVERHEAD_BUCKETS, self._lock)
         self._counters = {
             CACHE_LOOKUPS: CounterStore(CACHE_LOOKUPS, "{lookup}",
                                         "Cache lookups by result (hit, semantic-hit, miss, bypass)."),
@@ -124,6 +125,36 @@ class Instruments:
                                              "Requests refused by a rate limit."),
         }
         self._derived: dict[str, CounterStore | None] | None = None
+        self._calls: dict[CallKey, _CallPoints] = {}
+        with self._lock:
+            self._overhead = self.overhead.point(())
+
+    def record_request(self, overhead: float, calls: Sequence[CallMeasures]) -> None:
+        """The overhead of one request and the GenAI client metrics of its upstream calls,
+        under one lock."""
+        with self._lock:
+            observations: list[tuple[list[Any], tuple[float, ...], float]] = [
+                (self._overhead, OVERHEAD_BUCKETS, overhead)]
+            for key, error, duration, first_chunk, tokens_in, tokens_out in calls:
+                points = self._calls.get(key)
+                if points is None:
+                    points = self._calls[key] = _CallPoints(self, key)
+                observations.append((points.duration if error is None else points.failed(error),
+                                     DURATION_BUCKETS, duration))
+                if first_chunk is not None:
+                    observations.append((points.first_chunk, DURATION_BUCKETS, first_chunk))
+                if tokens_in is not None:
+                    observations.append((points.tokens_in, TOKEN_BUCKETS, tokens_in))
+                if tokens_out is not None:
+                    observations.append((points.tokens_out, TOKEN_BUCKETS, tokens_out))
+            for point, bounds, value in observations:
+                point[0][bisect_left(bounds, value)] += 1
+                point[1] += value
+                point[2] += 1
+                if value < point[3]:
+                    point[3] = value
+                if value > point[4]:
+                    point[4] = value
 
     def derived(self, name: str) -> CounterStore | None:
         """The derived counter `name`, or None when a policy records it itself."""
@@ -138,6 +169,37 @@ class Instruments:
             self.duration, self.tokens, self.first_chunk, self.overhead,
             *(s for s in (self._derived or {}).values() if s is not None)]
         return [m for m in (store.export(now) for store in stores) if m is not None]
+
+
+CallKey = tuple[str | None, str | None, str | None]
+# (key, error.type, duration, time to first chunk, input tokens, output tokens) of one call.
+CallMeasures = tuple[CallKey, str | None, float, float | None, int | None, int | None]
+_CALL_ATTRIBUTES = (ga.GEN_AI_OPERATION_NAME, ga.GEN_AI_PROVIDER_NAME,
+                    ga.GEN_AI_REQUEST_MODEL)
+
+
+class _CallPoints:
+    """The points one kind of call records into, found once instead of per measurement
+    (made holding the instruments' lock)."""
+
+    __slots__ = ("_duration", "base", "duration", "first_chunk", "tokens_in", "tokens_out")
+
+    def __init__(self, instruments: Instruments, key: CallKey) -> None:
+        self.base: Key = tuple((name, value) for name, value in zip(_CALL_ATTRIBUTES, key,
+                                                                     strict=True)
+                               if value is not None)
+        self.duration = instruments.duration.point(self.base)
+        self.first_chunk = instruments.first_chunk.point(self.base)
+        self.tokens_in = instruments.tokens.point((*self.base, (_TOKEN_TYPE, "input")))
+        self.tokens_out = instruments.tokens.point((*self.base, (_TOKEN_TYPE, "output")))
+        self._duration = instruments.duration
+
+    def failed(self, error: str) -> list[Any]:
+        """The duration point of calls that failed with `error` (holding the lock)."""
+        return self._duration.point((*self.base, ("error.type", error)))
+
+
+_TOKEN_TYPE = ga.GEN_AI_TOKEN_TYPE
 
 
 class RecordingMeter(metrics.Meter):

@@ -12,12 +12,12 @@ import os
 import time
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
+from contextvars import ContextVar
+from random import getrandbits
 from typing import Any, Literal
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ga
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from pydantic import BaseModel, ConfigDict, Field
 
 from proxy import __version__
@@ -26,18 +26,15 @@ from proxy.exchange import Exchange, Reply
 from proxy.pipeline import Handler, PolicyContext
 from proxy.settings import UpstreamConfig
 from proxy.telemetry import genai, metrics, prometheus, setup
-from proxy.telemetry.recorder import OK, traceparent
+from proxy.telemetry.recorder import OK, ChildTracer, SpanRecord, Trace, new_id
 from proxy.telemetry.spans import (
     RequestTrace,
     UpstreamCall,
     call_error,
-    header,
     note_attributes,
     noted,
-    outcome,
-    server_attributes,
-    server_facts,
     server_route,
+    server_span,
     upstream_attributes,
 )
 from proxy.units import Duration
@@ -88,13 +85,14 @@ async def create(config: TracingConfig, ctx: PolicyContext) -> TracingPolicy | N
         return None
     providers = setup.build(config, os.environ)
     ctx.meter = providers.policy_meter
+    policy = TracingPolicy(config, providers, ctx.settings.upstreams,
+                           _restores_values(ctx.settings.pii))
     if providers.tracer_provider is not None:
-        ctx.tracer = providers.tracer_provider.get_tracer("llm-sidecar", __version__)
+        ctx.tracer = ChildTracer(providers.tracer_provider.get_tracer("llm-sidecar", __version__),
+                                 policy.server_span)
     if config.prometheus:
         ctx.extras["prometheus"] = lambda: prometheus.render_data(
             providers.metrics_data()).encode()
-    policy = TracingPolicy(config, providers, ctx.settings.upstreams,
-                           _restores_values(ctx.settings.pii))
     ctx.extras["telemetry"] = providers
     ctx.wrap_upstream(policy.wrap)
     return policy
@@ -115,24 +113,27 @@ class TracingPolicy:
         self._metrics = providers.instruments
         self._capture = config.capture_content
         self._capture_output = config.capture_content and not restores_values
-        self._key = otel_context.create_key("sidecar-request")
+        # The request being served, for the upstream wrapper and the policies' spans.
+        self._current: ContextVar[RequestTrace | None] = ContextVar("sidecar-request",
+                                                                    default=None)
         self._upstreams = {u.name: upstream_attributes(u) for u in upstreams}
         self._failed = False
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._providers.shutdown)
 
+    def server_span(self) -> SpanContext | None:
+        request = self._current.get()
+        return None if request is None else request.context()
+
     async def __call__(self, ex: Exchange, call_next: Handler) -> Reply:
         request = RequestTrace()
         if ex.stream:
             ex.needs_usage = True  # token metrics for streams too; the client sees no difference
-        context = otel_context.set_value(self._key, request)
         if self._spans is not None:
-            request.context, request.parent, request.extra = self._spans.root(
-                ex.headers, f"{ex.method} {server_route(ex)}")
-            # Spans the policies start themselves (ctx.tracer) become children of this one.
-            context = trace.set_span_in_context(NonRecordingSpan(request.context), context)
-        token = otel_context.attach(context)
+            request.trace, request.span_id, request.remote_parent, request.extra = (
+                self._spans.start(ex.headers, lambda: f"{ex.method} {server_route(ex)}"))
+        token = self._current.set(request)
         try:
             reply = await call_next(ex)
         except BaseException as exc:
@@ -140,7 +141,7 @@ class TracingPolicy:
             self._finish_safely(ex, request, None, exc)
             raise
         finally:
-            otel_context.detach(token)
+            self._current.reset(token)
         request.overhead = time.perf_counter() - ex.started - ex.upstream_wait
         if reply.stream is not None:
             reply.stream = self._at_end(ex, request, reply, reply.stream)
@@ -170,10 +171,11 @@ class TracingPolicy:
 
     def wrap(self, upstream: Handler) -> Handler:
         """The CLIENT span around the upstream call; the upstream gets its traceparent."""
+        current = self._current
 
         async def traced(ex: Exchange) -> Reply:
-            request = otel_context.get_value(self._key)
-            if not isinstance(request, RequestTrace):
+            request = current.get()
+            if request is None:
                 return await upstream(ex)
             call = self._start_call(ex, request)
             try:
@@ -187,139 +189,134 @@ class TracingPolicy:
         return traced
 
     def _start_call(self, ex: Exchange, request: RequestTrace) -> UpstreamCall:
-        request.mark_notes(ex)
-        operation = genai.OPERATIONS.get(ex.endpoint)
+        if ex.notes:
+            request.mark_notes(ex)
+        operation = genai.OPERATIONS.get(ex.endpoint._value_)
         attrs: dict[str, Any] = {}
         if operation is not None:
             attrs[ga.GEN_AI_OPERATION_NAME] = operation
             if ex.model:
                 attrs[ga.GEN_AI_REQUEST_MODEL] = ex.model
         upstream = ex.upstream
-        if upstream is not None and upstream.name in self._upstreams:
-            attrs.update(self._upstreams[upstream.name])
-        context = None
-        if self._spans is not None and request.context is not None:
-            context = self._spans.child(request.context)
-            ex.upstream_headers["traceparent"] = traceparent(context)
-            if context.trace_state:
-                ex.upstream_headers["tracestate"] = context.trace_state.to_header()
-        call = UpstreamCall(context, operation, attrs)
+        routed = self._upstreams.get(upstream.name) if upstream is not None else None
+        if routed is not None:
+            attrs.update(routed)
+        span_id = None
+        trace_ids = request.trace
+        if trace_ids is not None:
+            span_id = getrandbits(64) or new_id(64)
+            headers = ex.upstream_headers
+            headers["traceparent"] = f"00-{trace_ids[0]:032x}-{span_id:016x}-{trace_ids[1]:02x}"
+            if trace_ids[2] is not None:
+                headers["tracestate"] = trace_ids[2].to_header()
+        call = UpstreamCall(span_id, operation, attrs, routed)
         request.calls.append(call)
         return call
 
     def _finish(self, ex: Exchange, request: RequestTrace, reply: Reply | None,
                 exc: BaseException | None) -> None:
-        context = request.context
-        recording = self._spans is not None and context is not None and self._spans.recording(
-            context)
-        for call in request.calls:
-            self._end_call(ex, request, call, reply, recording)
-        self._metrics.overhead.record(request.overhead)
-        cache = header(ex, reply, "x-sidecar-cache")
+        trace_ids = request.trace
+        spans = self._spans
+        records: list[SpanRecord] | None = None
+        if trace_ids is not None and trace_ids[1] & 1 and spans is not None and spans.admit():
+            records = []
+        measures = [self._end_call(ex, request, call, reply, records) for call in request.calls]
+        self._metrics.record_request(request.overhead, [m for m in measures if m is not None])
+        cache = ex.reply_headers.get("x-sidecar-cache")
+        if cache is None and reply is not None:
+            cache = reply.headers.get("x-sidecar-cache")
         if cache:
             _add(self._metrics.derived(metrics.CACHE_LOOKUPS), (("result", cache),))
         if isinstance(exc, RateLimited):
             _add(self._metrics.derived(metrics.RATELIMIT_REFUSALS),
                  (("kind", exc.type), ("limit", noted(ex, "rule"))))
-        if not recording or self._spans is None or context is None:
+        if records is None or spans is None or trace_ids is None:
             return
         end = time.time_ns()
-        status, error = outcome(reply, exc)
-        self._note_spans(ex, request, context, end)
-        attrs = server_attributes(ex, request)
-        attrs["http.response.status_code"] = status
-        attrs.update(server_facts(ex, reply, cache))
-        span_status = OK
-        if error is not None:
-            attrs["error.type"] = error
-            if status >= 500:
-                span_status = Status(StatusCode.ERROR, error)
-        self._spans.emit(f"{ex.method} {server_route(ex)}", context, request.parent,
-                         SpanKind.SERVER, request.start_ns, end, attrs, span_status)
+        if ex.notes:
+            self._note_spans(ex, request, trace_ids, end, records)
+        records.append(server_span(ex, request, trace_ids, reply, exc, cache, end))
+        spans.sink(records)
 
     def _end_call(self, ex: Exchange, request: RequestTrace, call: UpstreamCall,
-                  final: Reply | None, recording: bool) -> None:
+                  final: Reply | None, records: list[SpanRecord] | None,
+                  ) -> metrics.CallMeasures | None:
+        """Ends the call's CLIENT span (when recording); returns what its metrics measure."""
         attrs = call.attrs
-        upstream_reply = call.reply
-        if upstream_reply is not None:
+        reply = call.reply
+        if reply is not None:
             # The router may have fallen back to another upstream than the one routed to.
-            used = self._upstreams.get(upstream_reply.headers.get("x-sidecar-upstream", ""))
-            if used is not None:
+            used = self._upstreams.get(reply.headers.get("x-sidecar-upstream", ""))
+            if used is not None and used is not call.routed:
                 attrs.update(used)
-        error = call_error(call)
-        answer: genai.Attributes = {}
+        if call.error is None and reply is not None and reply.status < 400 and (
+                reply.outcome != "error"):
+            error = None
+        else:
+            error = call_error(call)
+        # The span's attributes: `common` recur from request to request, `own` do not.
+        common: genai.Attributes = dict(attrs) if records is not None else {}
+        own: genai.Attributes = {}
         tokens_in = tokens_out = None
-        if upstream_reply is not None and error is None:
+        if reply is not None and error is None:
             if call.facts is not None:
-                answer = call.facts.attributes() if recording else {}
-                usage = upstream_reply.usage
+                if records is not None:
+                    call.facts.attributes(common, own)
+                usage = reply.usage
             else:
-                payload = upstream_reply.json()
-                answer = genai.response_attributes(payload) if recording else {}
+                payload = reply.json()
+                if records is not None:
+                    genai.response_attributes(payload, common, own)
                 usage = payload.get("usage") if isinstance(payload, dict) else None
-            tokens_in, tokens_out, usage_attrs = genai.usage_tokens(usage)
-            answer.update(usage_attrs)
-        if call.operation is not None:
-            self._record_call(call, error, tokens_in, tokens_out)
-        if recording and call.context is not None:
-            self._emit_call(ex, request, call, answer, error, final)
+            if usage:
+                tokens_in, tokens_out = genai.usage_tokens(usage, own)
+        if records is not None and call.span_id is not None:
+            records.append(self._call_span(ex, request, call, common, own, error, final))
+        if call.operation is None:
+            return None
+        key = (call.operation, attrs.get(ga.GEN_AI_PROVIDER_NAME),
+               attrs.get(ga.GEN_AI_REQUEST_MODEL))
+        return key, error, call.duration, call.time_to_first_chunk, tokens_in, tokens_out
 
-    def _record_call(self, call: UpstreamCall, error: str | None, tokens_in: int | None,
-                     tokens_out: int | None) -> None:
-        base = tuple((name, call.attrs[name]) for name in _METRIC_ATTRIBUTES
-                     if call.attrs.get(name) is not None)
-        self._metrics.duration.record(
-            call.duration, (*base, ("error.type", error)) if error else base)
-        ttfc = call.time_to_first_chunk
-        if ttfc is not None:
-            self._metrics.first_chunk.record(ttfc, base)
-        if tokens_in is not None:
-            self._metrics.tokens.record(tokens_in, (*base, (ga.GEN_AI_TOKEN_TYPE, "input")))
-        if tokens_out is not None:
-            self._metrics.tokens.record(tokens_out, (*base, (ga.GEN_AI_TOKEN_TYPE, "output")))
-
-    def _emit_call(self, ex: Exchange, request: RequestTrace, call: UpstreamCall,
-                   answer: genai.Attributes, error: str | None, final: Reply | None) -> None:
-        assert self._spans is not None and call.context is not None
-        attrs: dict[str, Any] = dict(call.attrs)
+    def _call_span(self, ex: Exchange, request: RequestTrace, call: UpstreamCall,
+                   common: genai.Attributes, own: genai.Attributes, error: str | None,
+                   final: Reply | None) -> SpanRecord:
+        assert call.span_id is not None and request.trace is not None
         if call.operation is not None:
-            attrs.update(genai.request_attributes(ex, call.operation))
+            genai.request_attributes(ex, call.operation, common, own)
             if self._capture:
                 messages = genai.input_messages(ex)
                 if messages is not None:
-                    attrs[ga.GEN_AI_INPUT_MESSAGES] = messages
-        attrs.update(answer)
-        ttfc = call.time_to_first_chunk
-        if ttfc is not None:
-            attrs[ga.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = ttfc
+                    own[ga.GEN_AI_INPUT_MESSAGES] = messages
+        if call.first is not None:
+            own[ga.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = call.first - call.sent
         if self._capture_output and final is not None and final.stream is None:
             output = genai.output_messages(final.json())
             if output is not None:
-                attrs[ga.GEN_AI_OUTPUT_MESSAGES] = output
+                own[ga.GEN_AI_OUTPUT_MESSAGES] = output
         status = OK
         if error is not None:
-            attrs["error.type"] = error
+            common["error.type"] = error
             status = Status(StatusCode.ERROR, error)
-        if call.reply is not None:
-            attrs["http.response.status_code"] = call.reply.status
-            attempts = call.reply.headers.get("x-sidecar-attempts", "")
-            if attempts.isdigit():
-                attrs["sidecar.attempts"] = int(attempts)
-        name = f"{call.operation} {ex.model}" if call.operation and ex.model else (
-            call.operation or ex.method)
-        self._spans.emit(name, call.context, request.context, SpanKind.CLIENT, call.start_ns,
-                         call.end_ns or time.time_ns(), attrs, status)
+        reply = call.reply
+        if reply is not None:
+            common["http.response.status_code"] = reply.status
+            attempts = reply.headers.get("x-sidecar-attempts")
+            if attempts is not None and attempts.isdigit():
+                common["sidecar.attempts"] = int(attempts)
+        operation = call.operation
+        name = f"{operation} {ex.model}" if operation and ex.model else (operation or ex.method)
+        return SpanRecord(name, request.trace, call.span_id, request.span_id, None,
+                          SpanKind.CLIENT, call.start_ns, call.end_ns or time.time_ns(), common,
+                          own, status)
 
-    def _note_spans(self, ex: Exchange, request: RequestTrace, parent: SpanContext,
-                    now: int) -> None:
-        assert self._spans is not None
+    def _note_spans(self, ex: Exchange, request: RequestTrace, trace_ids: Trace, now: int,
+                    records: list[SpanRecord]) -> None:
         for policy, note in ex.notes.items():
             at = request.noted_at.get(policy, now)
-            self._spans.emit(f"policy {policy}", self._spans.child(parent), parent,
-                             SpanKind.INTERNAL, at, at, note_attributes(policy, note))
-
-
-_METRIC_ATTRIBUTES = (ga.GEN_AI_OPERATION_NAME, ga.GEN_AI_PROVIDER_NAME, ga.GEN_AI_REQUEST_MODEL)
+            records.append(SpanRecord(f"policy {policy}", trace_ids, new_id(64),
+                                      request.span_id, None, SpanKind.INTERNAL, at, at, {},
+                                      note_attributes(policy, note), OK))
 
 
 def _add(counter: metrics.CounterStore | None, key: metrics.Key) -> None:

@@ -27,7 +27,6 @@ from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
     SimpleSpanProcessor,
-    SpanExporter,
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
@@ -40,19 +39,22 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from proxy import __version__
-from proxy.telemetry import metrics
+from proxy.telemetry import metrics, otlp
+from proxy.telemetry.batcher import SpanBatcher
 from proxy.telemetry.export import (
     ExportLog,
     GuardedMetricExporter,
     GuardedSpanExporter,
     MetricPusher,
 )
-from proxy.telemetry.recorder import FOLLOW_PARENT, SpanRecorder
+from proxy.telemetry.otlp import RecordExporter, SpanEncoder
+from proxy.telemetry.recorder import FOLLOW_PARENT, Sink, SpanRecorder, processor_sink
 
 if TYPE_CHECKING:
     from proxy.telemetry.policy import TracingConfig
 
 log = logging.getLogger("proxy.telemetry")
+SCOPE = InstrumentationScope("llm-sidecar", __version__)
 
 
 class Providers:
@@ -76,12 +78,11 @@ class Providers:
         self.instruments = metrics.Instruments(self.policy_meter)
         self.guards: list[GuardedSpanExporter | GuardedMetricExporter] = []
         self.pusher: MetricPusher | None = None
-        self._scope = InstrumentationScope("llm-sidecar", __version__)
 
     def metrics_data(self) -> MetricsData:
         """Everything measured so far (cumulative): ours and the policies' own instruments."""
         theirs = self.pull.get_metrics_data()
-        ours = ResourceMetrics(self.resource, [ScopeMetrics(self._scope,
+        ours = ResourceMetrics(self.resource, [ScopeMetrics(SCOPE,
                                                             self.instruments.export(), "")], "")
         return MetricsData([*(theirs.resource_metrics if theirs else []), ours])
 
@@ -118,13 +119,13 @@ def build(config: TracingConfig, env: Mapping[str, str]) -> Providers:
     tracer_provider: TracerProvider | None = None
     recorder: SpanRecorder | None = None
     if config.traces:
-        processor, spans = _span_processor(config, env, health, guards)
+        processor, sink, spans = _span_processor(config, env, health, guards, resource)
         chosen = sampler(config, env)
         tracer_provider = TracerProvider(resource=resource, sampler=chosen,
                                          shutdown_on_exit=False)
-        if processor is not None:
+        if processor is not None and sink is not None:
             tracer_provider.add_span_processor(processor)
-            recorder = SpanRecorder(processor, chosen, resource, health.admit_spans)
+            recorder = SpanRecorder(sink, chosen, health.admit_spans)
     providers = Providers(resource, tracer_provider, recorder, spans, health,
                           min(config.timeout, 5.0))
     exporter = _metric_exporter(config, env, health, guards)
@@ -174,30 +175,31 @@ def _otlp_args(config: TracingConfig, env: Mapping[str, str], signal: str,
 
 
 def _span_processor(config: TracingConfig, env: Mapping[str, str], health: ExportLog,
-                    guards: list[GuardedSpanExporter | GuardedMetricExporter],
-                    ) -> tuple[SpanProcessor | None, InMemorySpanExporter | None]:
+                    guards: list[GuardedSpanExporter | GuardedMetricExporter], resource: Resource,
+                    ) -> tuple[SpanProcessor | None, Sink | None, InMemorySpanExporter | None]:
+    """The processor the SDK's spans go to, the sink of our own span records (the same
+    processor), and for `memory` the exporter holding them."""
     kind = _exporter(env, "OTEL_TRACES_EXPORTER", config.exporter)
     if kind == "none":
-        return None, None
-    if kind == "memory":
-        memory = InMemorySpanExporter()
-        return SimpleSpanProcessor(memory), memory
-    if kind == "console":
-        return BatchSpanProcessor(ConsoleSpanExporter()), None
-    guard = GuardedSpanExporter(_otlp_span_exporter(config, env), health)
+        return None, None, None
+    if kind in ("memory", "console"):
+        memory = InMemorySpanExporter() if kind == "memory" else None
+        processor: SpanProcessor = (SimpleSpanProcessor(memory) if memory is not None
+                                    else BatchSpanProcessor(ConsoleSpanExporter()))
+        return processor, processor_sink(processor, resource, SCOPE), memory
+    encoder = SpanEncoder(resource, SCOPE)
+    guard = GuardedSpanExporter(_otlp_span_exporter(config, env, encoder), health)
     guards.append(guard)
-    return BatchSpanProcessor(guard), None
+    batcher = SpanBatcher(guard, env)
+    return batcher, batcher.add, None
 
 
-def _otlp_span_exporter(config: TracingConfig, env: Mapping[str, str]) -> SpanExporter:
-    # Imported here: only the chosen transport is loaded (grpc costs ~100 ms to import).
+def _otlp_span_exporter(config: TracingConfig, env: Mapping[str, str],
+                        encoder: SpanEncoder) -> RecordExporter:
+    # Imported there: only the chosen transport is loaded (grpc costs ~100 ms to import).
     if _protocol(config, env, "TRACES") == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        return OTLPSpanExporter(**_otlp_args(config, env, "traces", grpc=True))
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HTTPSpanExporter,
-    )
-    return HTTPSpanExporter(**_otlp_args(config, env, "traces", grpc=False))
+        return otlp.grpc_exporter(encoder, **_otlp_args(config, env, "traces", grpc=True))
+    return otlp.http_exporter(encoder, **_otlp_args(config, env, "traces", grpc=False))
 
 
 def _metric_exporter(config: TracingConfig, env: Mapping[str, str], health: ExportLog,

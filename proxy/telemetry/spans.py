@@ -16,14 +16,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ga
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from proxy.errors import SidecarError
-from proxy.exchange import Endpoint, Exchange, Reply
+from proxy.exchange import ANONYMOUS, Endpoint, Exchange, Reply
 from proxy.settings import UpstreamConfig
 from proxy.telemetry import genai
 from proxy.telemetry.genai import Attributes, StreamFacts
+from proxy.telemetry.recorder import OK, SpanRecord, Trace, span_context
 
 _SCALARS = (bool, int, float, str)
 
@@ -31,14 +32,15 @@ _SCALARS = (bool, int, float, str)
 class UpstreamCall:
     """One call of the upstream: its CLIENT span, its timings and what its answer said."""
 
-    __slots__ = ("attrs", "context", "end_ns", "ended", "error", "facts", "first", "operation",
-                 "reply", "sent", "start_ns")
+    __slots__ = ("attrs", "end_ns", "ended", "error", "facts", "first", "operation", "reply",
+                 "routed", "sent", "span_id", "start_ns")
 
-    def __init__(self, context: SpanContext | None, operation: str | None,
-                 attrs: dict[str, Any]) -> None:
-        self.context = context
+    def __init__(self, span_id: int | None, operation: str | None, attrs: dict[str, Any],
+                 routed: Mapping[str, Any] | None) -> None:
+        self.span_id = span_id
         self.operation = operation
         self.attrs = attrs  # operation, provider, model, server: span and metric attributes
+        self.routed = routed  # the routed upstream's attributes, already in attrs
         self.start_ns = time.time_ns()
         self.sent = time.perf_counter()
         self.first: float | None = None
@@ -50,20 +52,17 @@ class UpstreamCall:
 
     def failed(self, exc: BaseException) -> None:
         self.error = exc
-        self._end()
+        self.ended = time.perf_counter()
+        self.end_ns = time.time_ns()
 
     def answered(self, reply: Reply) -> None:
         self.reply = reply
-        if reply.stream is not None and reply.sse:
+        if reply.stream is None:
+            self.ended = time.perf_counter()
+            self.end_ns = time.time_ns()
+        elif reply.sse:
             self.facts = StreamFacts()
             reply.stream = self._watch(reply.stream)
-            return
-        if reply.stream is None:
-            self._end()
-
-    def _end(self) -> None:
-        self.ended = time.perf_counter()
-        self.end_ns = time.time_ns()
 
     async def _watch(self, frames: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
         facts = self.facts
@@ -76,7 +75,8 @@ class UpstreamCall:
                     facts.feed(frame)
                     yield frame
         finally:
-            self._end()
+            self.ended = time.perf_counter()
+            self.end_ns = time.time_ns()
 
     @property
     def duration(self) -> float:
@@ -88,18 +88,25 @@ class UpstreamCall:
 
 
 class RequestTrace:
-    """The SERVER span of one request (its context, its caller) and the upstream calls made."""
+    """One request: its trace and SERVER span id (None without spans), the caller's span and
+    the upstream calls made."""
 
-    __slots__ = ("calls", "context", "extra", "noted_at", "overhead", "parent", "start_ns")
+    __slots__ = ("calls", "extra", "noted_at", "overhead", "remote_parent", "span_id",
+                 "start_ns", "trace")
 
     def __init__(self) -> None:
         self.start_ns = time.time_ns()
-        self.context: SpanContext | None = None
-        self.parent: SpanContext | None = None
+        self.trace: Trace | None = None
+        self.span_id = 0
+        self.remote_parent: SpanContext | None = None
         self.extra: Mapping[str, Any] = {}
         self.calls: list[UpstreamCall] = []
         self.noted_at: dict[str, int] = {}
         self.overhead = 0.0
+
+    def context(self) -> SpanContext | None:
+        """The SERVER span's context (for the policies' own spans)."""
+        return None if self.trace is None else span_context(self.trace, self.span_id)
 
     def mark_notes(self, ex: Exchange) -> None:
         """Decisions made on the way in are dated when the upstream is called."""
@@ -133,26 +140,88 @@ def _put(out: Attributes, name: str, value: Any, depth: int) -> None:
         for key, item in value.items():
             _put(out, f"{name}.{key}", item, depth + 1)
     elif isinstance(value, list | tuple | set | frozenset):
-        out[name] = _sequence(list(value))
+        out[name] = _sequence(tuple(value))
     else:
         out[name] = str(value)
 
 
-def _sequence(items: list[Any]) -> AttributeValue:
+def _sequence(items: tuple[Any, ...]) -> AttributeValue:
     # OpenTelemetry wants homogeneous sequences of scalars.
     kinds = {type(item) for item in items}
     if len(kinds) == 1 and kinds <= {str, bool, int, float}:
         return items
-    return [str(item) for item in items]
+    return tuple(str(item) for item in items)
 
 
-def server_attributes(ex: Exchange, request: RequestTrace) -> dict[str, Any]:
-    attrs: dict[str, Any] = {"http.request.method": ex.method, "http.route": server_route(ex),
-                             "url.path": ex.path, "sidecar.request_id": ex.request_id,
-                             **request.extra}
+def server_span(ex: Exchange, request: RequestTrace, trace_ids: Trace, reply: Reply | None,
+                exc: BaseException | None, cache: str | None, end: int) -> SpanRecord:
+    """The SERVER span: what was asked and what the client got (status, cache result,
+    upstream, limits left, cost, identity)."""
+    if exc is None and reply is not None and reply.status < 400 and reply.outcome != "error":
+        status, error = reply.status, None
+    else:
+        status, error = outcome(reply, exc)
+    route = "/v1/*" if ex.endpoint is _PASSTHROUGH else ex.path
+    common: dict[str, Any] = {"http.request.method": ex.method, "http.route": route,
+                              "url.path": ex.path}
+    own: dict[str, Any] = {"sidecar.request_id": ex.request_id}
+    if request.extra:
+        own.update(request.extra)
     if ex.model:
-        attrs[ga.GEN_AI_REQUEST_MODEL] = ex.model
-    return attrs
+        common[ga.GEN_AI_REQUEST_MODEL] = ex.model
+    common["http.response.status_code"] = status
+    if cache:
+        common["sidecar.cache"] = cache
+    _reply_facts(common, own, ex, reply)
+    identity = ex.identity
+    if identity is ANONYMOUS:
+        # No identity layer ran (no [[keys]], no other policy asking who calls): the team is
+        # the header's, as the identity layer would have said; a key name needs [[keys]].
+        team = ex.headers.get("x-sidecar-team")
+        if team:
+            common["sidecar.team"] = team
+    else:
+        if identity.team:
+            common["sidecar.team"] = identity.team
+        if identity.key_name:
+            common["sidecar.key_name"] = identity.key_name
+    span_status = OK
+    if error is not None:
+        common["error.type"] = error
+        if status >= 500:
+            span_status = Status(StatusCode.ERROR, error)
+    parent = request.remote_parent
+    return SpanRecord(f"{ex.method} {route}", trace_ids, request.span_id,
+                      None if parent is None else parent.span_id, parent, SpanKind.SERVER,
+                      request.start_ns, end, common, own, span_status)
+
+
+def _reply_facts(common: dict[str, Any], own: dict[str, Any], ex: Exchange,
+                 reply: Reply | None) -> None:
+    """The upstream, the sidecar's own limits left, the cost and a stream's outcome."""
+    ours = ex.reply_headers
+    theirs = reply.headers if reply is not None else _NO_HEADERS
+    for name, value in ours.items():
+        lower = name.lower()
+        # Only the sidecar's own limits: the upstream's x-ratelimit-* arrive on reply.headers.
+        if lower.startswith("x-ratelimit-remaining-") and value.isdigit():
+            own[f"sidecar.ratelimit.remaining_{lower[22:]}"] = int(value)
+    upstream = ours.get("x-sidecar-upstream")
+    if upstream is None:
+        upstream = theirs.get("x-sidecar-upstream")
+    if upstream is not None:
+        common["sidecar.upstream"] = upstream
+    cost = ours.get("x-sidecar-cost-usd")
+    if cost is None:
+        cost = theirs.get("x-sidecar-cost-usd")
+    if cost is not None:
+        own["sidecar.cost_usd"] = number(cost)
+    if reply is not None and reply.stream is not None:
+        common["sidecar.stream.outcome"] = reply.outcome
+
+
+_PASSTHROUGH = Endpoint.PASSTHROUGH
+_NO_HEADERS: dict[str, str] = {}
 
 
 def upstream_attributes(upstream: UpstreamConfig) -> dict[str, Any]:
@@ -211,29 +280,3 @@ def number(value: str) -> str | float:
         return float(value)
     except ValueError:
         return value
-
-
-def server_facts(ex: Exchange, reply: Reply | None, cache: str | None) -> dict[str, Any]:
-    """What the client got beyond the status: cache result, upstream, limits left, identity."""
-    facts: dict[str, Any] = {}
-    if cache:
-        facts["sidecar.cache"] = cache
-    for name, value in ex.reply_headers.items():
-        lower = name.lower()
-        # Only the sidecar's own limits: the upstream's x-ratelimit-* arrive on reply.headers.
-        if lower.startswith("x-ratelimit-remaining-") and value.isdigit():
-            facts[f"sidecar.ratelimit.remaining_{lower[22:]}"] = int(value)
-    upstream = header(ex, reply, "x-sidecar-upstream")
-    if upstream is not None:
-        facts["sidecar.upstream"] = upstream
-    cost = header(ex, reply, "x-sidecar-cost-usd")
-    if cost is not None:
-        facts["sidecar.cost_usd"] = number(cost)
-    if reply is not None and reply.stream is not None:
-        facts["sidecar.stream.outcome"] = reply.outcome
-    identity = ex.identity
-    if identity.team:
-        facts["sidecar.team"] = identity.team
-    if identity.key_name:
-        facts["sidecar.key_name"] = identity.key_name
-    return facts

@@ -68,7 +68,16 @@ def build_answers(chunks: int) -> dict[tuple[bytes, bool], Answer]:
         (b"/v1/responses", True): _stream(response_events(plan, resp, {})),
         (b"/v1/embeddings", False): _json(embedding),
         (b"/v1/models", False): _json(shapes.models_json(["gpt-4o-mini"], created)),
+        # An OTLP/HTTP collector that accepts everything: the tracing benchmark pays for
+        # encoding and sending its spans and metrics, not for a failing export.
+        (b"/v1/traces", False): _accepted(),
+        (b"/v1/metrics", False): _accepted(),
     }
+
+
+def _accepted() -> Answer:
+    # An empty Export*ServiceResponse: zero bytes of protobuf.
+    return Answer(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n", ())
 
 
 class FastProtocol(asyncio.Protocol):

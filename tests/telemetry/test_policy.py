@@ -78,12 +78,15 @@ async def stack(tmp_path: Any, *inner: Any, config: TracingConfig | None = None,
 
 
 def exchange(body: dict[str, Any] | None = None, traceparent: str | None = TRACEPARENT,
-             endpoint: Endpoint = Endpoint.CHAT, path: str = "/v1/chat/completions") -> Exchange:
+             endpoint: Endpoint = Endpoint.CHAT, path: str = "/v1/chat/completions",
+             team: str | None = None) -> Exchange:
     body = body if body is not None else {
         "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "secret plans"}]}
     headers: CIMultiDict[str] = CIMultiDict()
     if traceparent:
         headers["traceparent"] = traceparent
+    if team:
+        headers["x-sidecar-team"] = team
     return Exchange(request_id="req-1", endpoint=endpoint, method="POST", path=path, query="",
                     headers=CIMultiDictProxy(headers), client_ip="127.0.0.1",
                     raw_body=orjson.dumps(body), body=body, model=body.get("model"),
@@ -316,4 +319,55 @@ async def test_stream_end_closes_every_span(tmp_path: Any) -> None:
     (client,) = _by_kind(s.spans())[SpanKind.CLIENT]
     assert list((client.attributes or {})["gen_ai.response.finish_reasons"]) == ["length"]
     assert (client.attributes or {})["gen_ai.response.id"] == "c1"
+    await s.pipeline.aclose()
+
+
+class OwnSpans:
+    """A policy tracing its own work with `ctx.tracer`, as a context manager, a plain span and a
+    decorator."""
+
+    name = "own"
+
+    def __init__(self, ctx: PolicyContext) -> None:
+        self.tracer = ctx.tracer
+        self.lookup = self.tracer.start_as_current_span("own lookup")(self._lookup)
+
+    async def _lookup(self) -> None:
+        return None
+
+    async def __call__(self, ex: Exchange, call_next: Handler) -> Reply:
+        await self.lookup()
+        self.tracer.start_span("own check").end()
+        with self.tracer.start_as_current_span("own call"):
+            self.tracer.start_span("own inner").end()
+            return await call_next(ex)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_spans_of_policies_are_children_of_the_server_span(tmp_path: Any) -> None:
+    s = await stack(tmp_path, OwnSpans)
+    await s.pipeline(exchange())
+    await s.pipeline(exchange(traceparent=None))
+    spans = s.spans()
+    for server in _by_kind(spans)[SpanKind.SERVER]:
+        trace_id = server.context.trace_id
+        own = {span.name: span for span in spans if span.context.trace_id == trace_id
+               and span.name.startswith("own")}
+        assert sorted(own) == ["own call", "own check", "own inner", "own lookup"]
+        for name in ("own call", "own check", "own lookup"):
+            parent = own[name].parent
+            assert parent is not None and parent.span_id == server.context.span_id, name
+        inner_parent = own["own inner"].parent
+        assert inner_parent is not None
+        assert inner_parent.span_id == own["own call"].context.span_id
+    await s.pipeline.aclose()
+
+
+async def test_team_is_recorded_without_an_identity_layer(tmp_path: Any) -> None:
+    s = await stack(tmp_path)
+    await s.pipeline(exchange(team="search"))
+    (server,) = _by_kind(s.spans())[SpanKind.SERVER]
+    assert (server.attributes or {})["sidecar.team"] == "search"
     await s.pipeline.aclose()

@@ -67,6 +67,15 @@ def test_upstream_gets_the_client_spans_traceparent(start_sidecar: StartSidecar)
     assert sent == f"00-{CALLER_TRACE}-{client.context.span_id:016x}-01"
 
 
+def test_server_span_names_the_callers_team(start_sidecar: StartSidecar) -> None:
+    sidecar = start_sidecar(MEMORY)
+    sidecar.client().chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-sidecar-team": "search"})
+    server = attrs(one(spans(sidecar), SpanKind.SERVER))
+    assert server["sidecar.team"] == "search" and "sidecar.key_name" not in server
+
+
 def test_stream_records_time_to_first_chunk_and_usage(start_sidecar: StartSidecar) -> None:
     sidecar = start_sidecar(MEMORY)
     chunks = list(sidecar.client().chat.completions.create(
