@@ -190,13 +190,11 @@ class RedisKVStore:
         if not self._available() or not keys:
             return [None] * len(keys)
         try:
+            fast = self._redis.fast
             if len(keys) == 1:
-                raw: list[Any] = [await self._redis.client.get(self._key(keys[0]))]
-            else:
-                async with self._redis.client.pipeline(transaction=False) as pipe:
-                    for key in keys:
-                        pipe.get(self._key(key))
-                    raw = await pipe.execute()
+                raw: list[Any] = [await fast.execute("GET", self._key(keys[0]))]
+            else:  # pipelined on the one connection
+                raw = await asyncio.gather(*(fast.execute("GET", self._key(key)) for key in keys))
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return [None] * len(keys)
@@ -209,7 +207,7 @@ class RedisKVStore:
             return False
         data = await _encode(value)
         try:
-            await self._redis.client.set(self._key(key), data, px=millis)
+            await self._redis.fast.execute("SET", self._key(key), data, "PX", millis)
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return False
@@ -249,8 +247,8 @@ class RedisKVStore:
             return ""
         token = secrets.token_hex(8)
         try:
-            taken = await self._redis.client.set(self._key(key), token, nx=True,
-                                                 px=max(1, int(ttl * 1000)))
+            taken = await self._redis.fast.execute("SET", self._key(key), token, "NX", "PX",
+                                                   max(1, int(ttl * 1000)))
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return ""

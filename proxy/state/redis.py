@@ -6,13 +6,15 @@ every key one script touches lives on one slot.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
+
+from proxy.state.resp import RespClient
 
 log = logging.getLogger("proxy.state")
 
@@ -26,25 +28,30 @@ class RedisConnection:
         )
         self._pool = pool
         self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        # The request path's commands (scripts, cache reads and writes) go over one pipelined
+        # connection; redis-py serves the rest (scans, admin, the semantic index).
+        self.fast = RespClient(url, timeout)
         self.prefix = prefix
         self.healthy = True
-        self._scripts: dict[str, AsyncScript] = {}
+        self._sources: dict[str, tuple[str, str]] = {}
 
     def key(self, kind: str, tag: str, *rest: str) -> str:
         tail = ":".join(rest)
         return f"{self.prefix}:{kind}:{{{tag}}}" + (f":{tail}" if tail else "")
 
-    def script(self, name: str) -> AsyncScript:
-        """A Lua script from `proxy/state/lua/<name>.lua`, run by EVALSHA (reloaded if flushed)."""
-        if name not in self._scripts:
+    def _source(self, name: str) -> tuple[str, str]:
+        found = self._sources.get(name)
+        if found is None:
             source = resources.files("proxy.state").joinpath("lua", f"{name}.lua").read_text()
-            self._scripts[name] = self.client.register_script(source)
-        return self._scripts[name]
+            found = self._sources[name] = (hashlib.sha1(source.encode()).hexdigest(), source)
+        return found
 
     async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Run a script; a failure marks the backend unhealthy (logged once) and re-raises."""
+        """Run a script (EVALSHA, loaded if Redis lacks it); a failure marks the backend
+        unhealthy (logged once) and re-raises."""
+        sha, source = self._source(name)
         try:
-            result = await self.script(name)(keys=keys, args=args)
+            result = await self.fast.script(sha, source, keys, args)
         except (RedisError, OSError) as exc:
             self.mark_down(exc)
             raise
@@ -63,7 +70,7 @@ class RedisConnection:
 
     async def ping(self) -> bool:
         try:
-            await self.client.ping()
+            await self.fast.execute("PING")
         except (RedisError, OSError) as exc:
             self.mark_down(exc)
             return False
@@ -71,5 +78,6 @@ class RedisConnection:
         return True
 
     async def aclose(self) -> None:
+        await self.fast.aclose()
         await self.client.aclose()
         await self._pool.disconnect()
