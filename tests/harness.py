@@ -21,7 +21,7 @@ from aiohttp import web
 
 from proxy.config import load_config
 from proxy.pipeline import Clock
-from proxy.server import SERVICES, Services, build_app
+from proxy.server import DRAIN, SERVICES, Services, build_app
 from tests.mock_upstream import MockUpstream
 from tests.redis_server import free_port
 
@@ -66,6 +66,14 @@ class Sidecar:
     @property
     def services(self) -> Services:
         return self.app[SERVICES]
+
+    def idle(self, seconds: float = 5.0) -> None:
+        """Wait until no request is in flight. A client may see an answer's last byte (or its
+        error) before the sidecar has finished with it: ended its spans, settled its counts."""
+        drain = self.app[DRAIN]
+        deadline = time.monotonic() + seconds
+        while drain.tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def client(self, api_key: str = "sk-test-client", **kwargs: Any) -> openai.OpenAI:
         kwargs.setdefault("max_retries", 0)

@@ -23,6 +23,7 @@ def providers(sidecar: Sidecar) -> Providers:
 
 
 def spans(sidecar: Sidecar) -> list[ReadableSpan]:
+    sidecar.idle()  # every request's spans ended
     exporter = providers(sidecar).spans
     assert exporter is not None
     return list(exporter.get_finished_spans())
@@ -38,6 +39,7 @@ def one(found: list[ReadableSpan], kind: SpanKind | None = None, name: str | Non
 
 def points(sidecar: Sidecar, name: str) -> list[Any]:
     """Data points of metric `name` (cumulative), [] when it was never recorded."""
+    sidecar.idle()
     data = providers(sidecar).metrics_data()
     found: list[Any] = []
     for resource in data.resource_metrics:
