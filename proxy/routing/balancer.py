@@ -42,18 +42,29 @@ class Balancer:
         if len(pool) == 1:
             return list(pool)
         loads = [self.of(u.name) for u in pool]
-        ready = [i for i, load in enumerate(loads) if load.backed_off_until <= now]
-        if len(ready) == len(pool) or not ready:
-            return self._rank(pool, loads)
-        waiting = [u for u, load in zip(pool, loads, strict=True) if load.backed_off_until > now]
-        return self._rank([pool[i] for i in ready], [loads[i] for i in ready]) + waiting
+        for load in loads:
+            if load.backed_off_until > now:
+                ready = [i for i, load in enumerate(loads) if load.backed_off_until <= now]
+                if not ready:
+                    return self._rank(pool, loads)
+                waiting = [u for u, load in zip(pool, loads, strict=True)
+                           if load.backed_off_until > now]
+                return self._rank([pool[i] for i in ready], [loads[i] for i in ready]) + waiting
+        return self._rank(pool, loads)
 
     def _rank(self, pool: Sequence[UpstreamConfig],
               loads: list[UpstreamLoad]) -> list[UpstreamConfig]:
         if self.strategy == "weighted":
             return self._weighted(pool)
+        busy = self.strategy == "least_busy"
+        if len(pool) == 2:  # the common pool: one comparison, a coin for a tie
+            first = loads[0].in_flight if busy else (loads[0].latency or 0.0)
+            second = loads[1].in_flight if busy else (loads[1].latency or 0.0)
+            if first < second or (first == second and self.rng.random() < 0.5):
+                return [pool[0], pool[1]]
+            return [pool[1], pool[0]]
         rnd = self.rng.random  # ties are broken at random
-        if self.strategy == "least_busy":
+        if busy:
             keyed = sorted([(float(load.in_flight), rnd(), i) for i, load in enumerate(loads)])
         else:
             keyed = sorted([(load.latency or 0.0, rnd(), i) for i, load in enumerate(loads)])

@@ -83,6 +83,16 @@ def test_least_busy_picks_the_fewest_in_flight() -> None:
     assert [u.name for u in balancer.order(members, 0)] == ["u1", "u2", "u0"]
 
 
+def test_a_pair_prefers_the_idler_and_shares_ties_evenly() -> None:
+    balancer = Balancer("least_busy", random.Random(5))
+    members = pool(1, 1)
+    balancer.of("u0").in_flight = 2
+    assert [u.name for u in balancer.order(members, 0)] == ["u1", "u0"]
+    balancer.of("u1").in_flight = 2
+    firsts = Counter(balancer.order(members, 0)[0].name for _ in range(4000))
+    assert 0.45 < firsts["u0"] / 4000 < 0.55
+
+
 def test_latency_prefers_the_fastest_ewma() -> None:
     balancer = Balancer("latency", random.Random(1))
     members = pool(1, 1)
