@@ -33,7 +33,9 @@ class PolicySpec:
 # Outermost first: limits count every request; PII goes before anything is cached, logged or sent;
 # cache hits cost no budget.
 POLICIES: tuple[PolicySpec, ...] = (
-    PolicySpec("tracing", "proxy.telemetry.policy"),
+    # Tracing names the caller's team and key name: without [[keys]] the team is the header's,
+    # read by the span itself, so tracing alone needs no identity layer.
+    PolicySpec("tracing", "proxy.telemetry.policy", reads_identity=False),
     PolicySpec("keys", "proxy.policies.auth", many=True, always=True),
     PolicySpec("experiments", "proxy.policies.experiments", many=True),
     PolicySpec("limits", "proxy.policies.rate_limit", many=True),
