@@ -41,6 +41,8 @@ class Balancer:
         """The pool in the order to try it: the chosen one first."""
         if len(pool) == 1:
             return list(pool)
+        if len(pool) == 2:
+            return [pool[0], pool[1]] if self.first_of_two(pool, now) == 0 else [pool[1], pool[0]]
         loads = [self.of(u.name) for u in pool]
         for load in loads:
             if load.backed_off_until > now:
@@ -52,19 +54,29 @@ class Balancer:
                 return self._rank([pool[i] for i in ready], [loads[i] for i in ready]) + waiting
         return self._rank(pool, loads)
 
+    def first_of_two(self, pool: Sequence[UpstreamConfig], now: float) -> int:
+        """For the common pool of two: the index (0 or 1) of the member to try first."""
+        first, second = self.of(pool[0].name), self.of(pool[1].name)
+        first_off, second_off = first.backed_off_until > now, second.backed_off_until > now
+        if first_off != second_off:
+            return 1 if first_off else 0
+        if self.strategy == "weighted":
+            return 0 if self._weighted(pool)[0] is pool[0] else 1
+        if self.strategy == "least_busy":
+            a: float = first.in_flight
+            b: float = second.in_flight
+        else:
+            a, b = first.latency or 0.0, second.latency or 0.0
+        if a < b or (a == b and self.rng.random() < 0.5):
+            return 0
+        return 1
+
     def _rank(self, pool: Sequence[UpstreamConfig],
               loads: list[UpstreamLoad]) -> list[UpstreamConfig]:
         if self.strategy == "weighted":
             return self._weighted(pool)
-        busy = self.strategy == "least_busy"
-        if len(pool) == 2:  # the common pool: one comparison, a coin for a tie
-            first = loads[0].in_flight if busy else (loads[0].latency or 0.0)
-            second = loads[1].in_flight if busy else (loads[1].latency or 0.0)
-            if first < second or (first == second and self.rng.random() < 0.5):
-                return [pool[0], pool[1]]
-            return [pool[1], pool[0]]
         rnd = self.rng.random  # ties are broken at random
-        if busy:
+        if self.strategy == "least_busy":
             keyed = sorted([(float(load.in_flight), rnd(), i) for i, load in enumerate(loads)])
         else:
             keyed = sorted([(load.latency or 0.0, rnd(), i) for i, load in enumerate(loads)])

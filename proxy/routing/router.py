@@ -33,6 +33,7 @@ from proxy.settings import FallbackTarget, Settings, UpstreamConfig
 from proxy.upstream import UpstreamClient
 
 Result = Reply | UpstreamError
+Candidates = tuple[tuple[UpstreamConfig, str | None], ...]  # (upstream, model override)
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -56,6 +57,14 @@ class Router:
                        for u in settings.upstreams}
         self._fallbacks = {u.name: tuple(_target(by_name, t) for t in u.fallbacks)
                            for u in settings.upstreams}
+        # Every candidate list a pool of one or two can give, built once: the healthy path
+        # only picks one.
+        self._orders: dict[str, tuple[Candidates, ...]] = {}
+        for name, pool in self._pools.items():
+            fallbacks = self._fallbacks[name]
+            orders = [pool] if len(pool) == 1 else [pool, pool[::-1]] if len(pool) == 2 else []
+            self._orders[name] = tuple(tuple((u, None) for u in order) + fallbacks
+                                       for order in orders)
 
     def route(self, model: str | None) -> UpstreamConfig:
         """The first upstream whose model globs match (the first upstream when there is no model)."""
@@ -72,14 +81,17 @@ class Router:
             found = self.breakers[key] = CircuitBreaker(upstream.breaker)
         return found
 
-    def candidates(self, primary: UpstreamConfig) -> list[tuple[UpstreamConfig, str | None]]:
+    def candidates(self, primary: UpstreamConfig) -> Candidates:
+        """Where to try a request for `primary`, in order: its pool, then its fallbacks."""
+        orders = self._orders[primary.name]
+        if len(orders) == 1:
+            return orders[0]
         pool = self._pools[primary.name]
-        if len(pool) == 1:
-            ordered: list[tuple[UpstreamConfig, str | None]] = [(pool[0], None)]
-        else:
-            ordered = [(u, None) for u in self.balancer.order(pool, self.clock.monotonic())]
-        ordered.extend(self._fallbacks[primary.name])
-        return ordered
+        now = self.clock.monotonic()
+        if orders:
+            return orders[self.balancer.first_of_two(pool, now)]
+        return tuple((u, None) for u in self.balancer.order(pool, now)) + \
+            self._fallbacks[primary.name]
 
     async def __call__(self, ex: Exchange) -> Reply:
         primary = ex.upstream or self.route(ex.model)
