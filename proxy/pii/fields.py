@@ -132,12 +132,7 @@ def chat_response(body: dict[str, Any]) -> Slots:
     for choice in _list(body.get("choices")):
         message = choice.get("message")
         if isinstance(message, dict):
-            content = message.get("content")
-            if isinstance(content, str):
-                if content:
-                    out.append((message, "content", False))
-            else:
-                _parts(out, content)
+            _content(out, message)
             _text(out, message, "refusal")
             _tool_calls(out, message)
     return out
