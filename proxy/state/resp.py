@@ -21,9 +21,9 @@ import ssl
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import hiredis
+from redis.connection import SSLConnection, parse_url
 from redis.exceptions import NoScriptError, ResponseError
 
 _CRLF = b"\r\n"
@@ -43,19 +43,13 @@ class Endpoint:
 
     @classmethod
     def from_url(cls, url: str) -> Endpoint:
-        parts = urlsplit(url)
-        username = unquote(parts.username) if parts.username else None
-        password = unquote(parts.password) if parts.password else None
-        query = dict(item.partition("=")[::2] for item in parts.query.split("&") if item)
-        if parts.scheme == "unix":
-            return cls(path=parts.path, username=username, password=password,
-                       db=int(query.get("db", "0") or 0))
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValueError("the Redis URL must start with redis://, rediss:// or unix://")
-        db = parts.path.strip("/") or query.get("db", "0") or "0"
-        return cls(host=parts.hostname or "127.0.0.1", port=parts.port or 6379,
-                   tls=parts.scheme == "rediss", username=username, password=password,
-                   db=int(db))
+        """Read by redis-py's own URL parser, so both clients understand a URL alike."""
+        parts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]  # ValueError: other scheme
+        return cls(host=parts.get("host", "127.0.0.1"), port=int(parts.get("port", 6379)),
+                   path=parts.get("path"),
+                   tls=parts.get("connection_class") is SSLConnection,
+                   username=parts.get("username"), password=parts.get("password"),
+                   db=int(parts.get("db", 0)))
 
 
 def pack(args: tuple[Any, ...]) -> bytes:
@@ -208,6 +202,7 @@ class RespClient:
     async def _open(self) -> _Link:
         loop = asyncio.get_running_loop()
         where = self.endpoint
+        link: _Link | None = None
         try:
             async with asyncio.timeout(self.timeout):
                 if where.path is not None:
@@ -216,17 +211,17 @@ class RespClient:
                     context = ssl.create_default_context() if where.tls else None
                     _, link = await loop.create_connection(_Link, where.host,
                                                            where.port, ssl=context)
-                self._link = link
                 await self._hello(link)
+            self._link = link
         except TimeoutError:
-            self._drop()
+            self._drop(link)
             raise TimeoutError(f"Redis did not accept a connection within {self.timeout:g} s")\
                 from None
         except OSError as exc:
-            self._drop()
+            self._drop(link)
             raise ConnectionError(f"cannot connect to Redis ({type(exc).__name__})") from None
         except ResponseError as exc:  # AUTH or SELECT refused: name the command, not the secret
-            self._drop()
+            self._drop(link)
             raise ResponseError(str(exc).split(" ", 1)[0] + " while connecting to Redis")\
                 from None
         return link
@@ -242,8 +237,8 @@ class RespClient:
         if setup:
             await asyncio.gather(*(link.send(pack(command)) for command in setup))
 
-    def _drop(self) -> None:
-        link, self._link = self._link, None
+    @staticmethod
+    def _drop(link: _Link | None) -> None:
         if link is not None:
             link.fail(ConnectionError("the connection to Redis was closed"))
 
