@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,8 +66,10 @@ async def run_wrk(url: str, connections: int, seconds: float, latency: bool = Fa
     command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
     command += ["--latency"] if latency else []
     command += ["-s", str(LUA), url]
+    # A fresh nonce per run: with BENCH_UNIQUE, prompts never repeat across runs either.
+    env = {**os.environ, "BENCH_NONCE": os.urandom(6).hex()}
     proc = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout=seconds + 30)
@@ -89,9 +92,17 @@ async def run_wrk(url: str, connections: int, seconds: float, latency: bool = Fa
     )
 
 
+def stream_body() -> bytes:
+    """The streamed request; with BENCH_UNIQUE=1 its prompt is never sent twice."""
+    if os.environ.get("BENCH_UNIQUE") != "1":
+        return STREAM_BODY
+    marker = b'"content": "'
+    return STREAM_BODY.replace(marker, marker + os.urandom(8).hex().encode() + b" ", 1)
+
+
 async def _one_stream(session: aiohttp.ClientSession, url: str) -> tuple[float, float]:
     start = time.perf_counter()
-    async with session.post(url, data=STREAM_BODY, headers=HEADERS) as resp:
+    async with session.post(url, data=stream_body(), headers=HEADERS) as resp:
         first = await resp.content.readany()
         ttfb = time.perf_counter() - start
         rest = await resp.content.read()

@@ -1,6 +1,7 @@
 -- wrk script for bench/run.py: POST one small chat completion, print a JSON summary line at the end.
 -- BENCH_BODY overrides the request body. BENCH_UNIQUE=1 makes every request's prompt distinct (a
--- counter after the first "content" text), so a cache can only miss and store.
+-- nonce of this wrk run, from BENCH_NONCE, and a counter after the first "content" text), so a cache
+-- can only miss and store, in this run and across runs.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-bench-client"
@@ -10,11 +11,12 @@ wrk.body = os.getenv("BENCH_BODY")
 local unique = os.getenv("BENCH_UNIQUE") == "1"
 local head, tail = string.match(wrk.body, '^(.-"content"%s*:%s*")(.*)$')
 local counter = 0
+local nonce = os.getenv("BENCH_NONCE") or tostring(os.time())
 
 if unique and head then
   request = function()
     counter = counter + 1
-    return wrk.format(nil, nil, nil, head .. counter .. " " .. tail)
+    return wrk.format(nil, nil, nil, head .. nonce .. "-" .. counter .. " " .. tail)
   end
 end
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import hmac
+import itertools
 import logging
 import os
 import time
@@ -34,7 +35,7 @@ from proxy.routing.router import Router
 from proxy.state import StateBackend
 from proxy.tokens import TokenCounter
 from proxy.upstream import UpstreamClient
-from proxy.wire.request import endpoint_of, parse_body
+from proxy.wire.request import API_PATHS, endpoint_of, parse_body
 
 log = logging.getLogger("proxy.server")
 
@@ -47,6 +48,23 @@ class Services:
     router: Router
     pipeline: Pipeline
     context: PolicyContext
+    ids: RequestIds
+
+
+class RequestIds:
+    """`x-request-id` for requests that bring none: a random per-process prefix and a counter.
+
+    Unique across processes and restarts like a random id, without a system call per request.
+    """
+
+    __slots__ = ("_counter", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
 
 
 CONFIG = web.AppKey("config", Config)
@@ -67,6 +85,8 @@ def build_app(config: Config, clock: Clock | None = None) -> web.Application:
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_route("*", "/admin/{tail:.*}", _admin)
+    for path in API_PATHS:  # exact paths resolve at once; the catch-all takes the rest
+        app.router.add_route("*", path, _proxy)
     app.router.add_route("*", "/v1/{tail:.*}", _proxy)
     return app
 
@@ -89,7 +109,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         policies = await create_policies(config.policies, context)
         pipeline = Pipeline(policies, context.terminal(router))
         try:
-            app[SERVICES] = Services(config, router, pipeline, context)
+            app[SERVICES] = Services(config, router, pipeline, context, RequestIds())
             # Everything built so far lives as long as the app: keep it out of the collector's
             # generations so full collections under load stay short. Each young collection walks
             # every in-flight request's objects, so collect young objects rarely: requests free
@@ -162,7 +182,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
 async def _handle(request: web.Request, drain: Drain) -> web.StreamResponse:
     started = time.perf_counter()
     services = request.app[SERVICES]
-    request_id = request.headers.get("x-request-id") or os.urandom(16).hex()
+    request_id = request.headers.get("x-request-id") or services.ids()
     ex: Exchange | None = None
     try:
         ex = await _exchange(request, services, request_id, started)

@@ -58,28 +58,28 @@ class AuthPolicy:
                 digest = bytes.fromhex(key.key_sha256 or "")
             self._keys[digest] = key
         # Most requests say nothing about themselves beyond their key: their identity depends on
-        # the key alone and is built once per key digest (bounded).
-        self._by_digest: dict[bytes, Identity] = {}
+        # the Authorization header alone and is built once per header (bounded, never shown).
+        self._by_header: dict[str, Identity] = {}
 
     async def __call__(self, ex: Exchange, call_next: Handler) -> Reply:
         ex.identity = self.identify(ex)
         return await call_next(ex)
 
     def identify(self, ex: Exchange) -> Identity:
-        secret = _bearer(ex.headers.get("Authorization", ""))
-        digest = key_digest(secret) if secret else b""
+        header = ex.headers.get("Authorization", "")
         plain = not _SELF_DESCRIBED.intersection(ex.body or ()) and not (
             "x-sidecar-tags" in ex.headers or "x-sidecar-user" in ex.headers
             or "x-sidecar-team" in ex.headers)
         if plain:
-            known = self._by_digest.get(digest)
+            known = self._by_header.get(header)
             if known is not None:
                 return known
-        identity = self._identify(ex, digest)
+        secret = _bearer(header)
+        identity = self._identify(ex, key_digest(secret) if secret else b"")
         if plain:
-            if len(self._by_digest) >= _MEMO_SIZE:
-                self._by_digest.clear()
-            self._by_digest[digest] = identity
+            if len(self._by_header) >= _MEMO_SIZE:
+                self._by_header.clear()
+            self._by_header[header] = identity
         return identity
 
     def _identify(self, ex: Exchange, digest: bytes) -> Identity:

@@ -21,6 +21,8 @@ _ENDPOINTS = {
     "/v1/models": Endpoint.MODELS,
 }
 
+API_PATHS = tuple(_ENDPOINTS)  # routed by exact path, ahead of the `/v1/...` catch-all
+
 _NUMBER = (int, float)
 _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "model": ((str,), "a string"),
