@@ -6,7 +6,7 @@ unless every member is backed off.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from proxy.settings import UpstreamConfig
@@ -42,7 +42,8 @@ class Balancer:
         if len(pool) == 1:
             return list(pool)
         if len(pool) == 2:
-            return [pool[0], pool[1]] if self.first_of_two(pool, now) == 0 else [pool[1], pool[0]]
+            first = self.first_of_two(pool, self.loads(pool), lambda: now)
+            return [pool[0], pool[1]] if first == 0 else [pool[1], pool[0]]
         loads = [self.of(u.name) for u in pool]
         for load in loads:
             if load.backed_off_until > now:
@@ -54,17 +55,28 @@ class Balancer:
                 return self._rank([pool[i] for i in ready], [loads[i] for i in ready]) + waiting
         return self._rank(pool, loads)
 
-    def first_of_two(self, pool: Sequence[UpstreamConfig], now: float) -> int:
-        """For the common pool of two: the index (0 or 1) of the member to try first."""
-        first, second = self.of(pool[0].name), self.of(pool[1].name)
-        first_off, second_off = first.backed_off_until > now, second.backed_off_until > now
-        if first_off != second_off:
-            return 1 if first_off else 0
-        if self.strategy == "weighted":
-            return 0 if self._weighted(pool)[0] is pool[0] else 1
+    def loads(self, pool: Sequence[UpstreamConfig]) -> tuple[UpstreamLoad, ...]:
+        """The load records of a pool's members (stable objects: callers may keep them)."""
+        return tuple(self.of(u.name) for u in pool)
+
+    def first_of_two(self, pool: Sequence[UpstreamConfig], loads: Sequence[UpstreamLoad],
+                     now: Callable[[], float]) -> int:
+        """For the common pool of two (`loads` are theirs): the index (0 or 1) of the member to
+        try first. The clock is read only while a member is (or was) backed off after a 429.
+        """
+        first, second = loads
+        if first.backed_off_until or second.backed_off_until:
+            moment = now()
+            first_off, second_off = first.backed_off_until > moment, second.backed_off_until > moment
+            if first_off != second_off:
+                return 1 if first_off else 0
+            if not first_off:  # both back-offs are over: the healthy path needs no clock again
+                first.backed_off_until = second.backed_off_until = 0.0
         if self.strategy == "least_busy":
             a: float = first.in_flight
             b: float = second.in_flight
+        elif self.strategy == "weighted":
+            return 0 if self._weighted(pool)[0] is pool[0] else 1
         else:
             a, b = first.latency or 0.0, second.latency or 0.0
         if a < b or (a == b and self.rng.random() < 0.5):

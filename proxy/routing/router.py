@@ -60,6 +60,8 @@ class Router:
         # Every candidate list a pool of one or two can give, built once: the healthy path
         # only picks one.
         self._orders: dict[str, tuple[Candidates, ...]] = {}
+        self._pairs = {name: self.balancer.loads(pool) for name, pool in self._pools.items()
+                       if len(pool) == 2}
         for name, pool in self._pools.items():
             fallbacks = self._fallbacks[name]
             orders = [pool] if len(pool) == 1 else [pool, pool[::-1]] if len(pool) == 2 else []
@@ -87,10 +89,10 @@ class Router:
         if len(orders) == 1:
             return orders[0]
         pool = self._pools[primary.name]
-        now = self.clock.monotonic()
         if orders:
-            return orders[self.balancer.first_of_two(pool, now)]
-        return tuple((u, None) for u in self.balancer.order(pool, now)) + \
+            return orders[self.balancer.first_of_two(pool, self._pairs[primary.name],
+                                                     self.clock.monotonic)]
+        return tuple((u, None) for u in self.balancer.order(pool, self.clock.monotonic())) + \
             self._fallbacks[primary.name]
 
     async def __call__(self, ex: Exchange) -> Reply:

@@ -53,13 +53,18 @@ class PhaseTimeout(TimeoutError):
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Where an upstream's requests go: scheme, host and port, and the base URL's path prefix."""
+    """Where an upstream's requests go: scheme, host and port, and the base URL's path prefix.
+
+    `key` names the connection pool (scheme, host, port): upstreams that differ only in path or
+    name share connections, and a pool lookup hashes a string (cached), not this dataclass.
+    """
 
     tls: bool
     host: str
     port: int
     prefix: str
     host_header: str
+    key: str
 
     @classmethod
     def parse(cls, base_url: str) -> Origin:
@@ -70,7 +75,8 @@ class Origin:
         default = (tls and port == 443) or (not tls and port == 80)
         shown = f"[{host}]" if ":" in host else host
         return cls(tls, host, port, parts.path.rstrip("/"),
-                   shown if default else f"{shown}:{port}")
+                   shown if default else f"{shown}:{port}",
+                   f"{'https' if tls else 'http'}://{shown}:{port}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +94,7 @@ class Http1Pool:
                  keepalive: float = _KEEPALIVE) -> None:
         self._ssl = ssl_context
         self._keepalive = keepalive
-        self._idle: dict[Origin, deque[_Connection]] = {}
+        self._idle: dict[str, deque[_Connection]] = {}  # by Origin.key
         self._open: set[_Connection] = set()
 
     async def request(self, origin: Origin, method: str, target: str,
@@ -116,7 +122,7 @@ class Http1Pool:
             conn.discard()
             return
         now = conn.idle_since = conn.loop.time()
-        idle = self._idle.setdefault(origin, deque())
+        idle = self._idle.setdefault(origin.key, deque())
         while idle and (idle[0].closed or now - idle[0].idle_since >= self._keepalive):
             idle.popleft().discard()
         idle.append(conn)
@@ -127,7 +133,7 @@ class Http1Pool:
         self._idle.clear()
 
     def _reusable(self, origin: Origin, now: float) -> _Connection | None:
-        idle = self._idle.get(origin)
+        idle = self._idle.get(origin.key)
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < self._keepalive:

@@ -227,7 +227,10 @@ async def test_header_values_cannot_inject_lines(pool: http1.Http1Pool) -> None:
 
 def test_origin_of_base_urls() -> None:
     assert http1.Origin.parse("https://api.openai.com/v1") == http1.Origin(
-        True, "api.openai.com", 443, "/v1", "api.openai.com")
+        True, "api.openai.com", 443, "/v1", "api.openai.com", "https://api.openai.com:443")
+    # upstreams on one server share its connections, whatever their paths
+    assert http1.Origin.parse("http://h:8000/a/v1").key == http1.Origin.parse("http://h:8000/v1").key
+    assert http1.Origin.parse("http://h:8000/v1").key != http1.Origin.parse("https://h:8000/v1").key
     assert http1.Origin.parse("http://[::1]:8000/openai/v1/").host_header == "[::1]:8000"
     assert http1.Origin.parse("http://local:80").prefix == ""
 
