@@ -136,15 +136,16 @@ class Flight:
 class Flights:
     """The flights in progress, by key (one process; replicas coordinate through a store lock)."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._flights: dict[str, Flight] = {}
+        self._loop = loop  # read once: on Python 3.11 `get_running_loop` is a system call
 
     def get(self, key: str) -> Flight | None:
         return self._flights.get(key)
 
     def start(self, key: str) -> Flight:
         """Register a new flight for `key`; the caller leads it and must settle it."""
-        flight = Flight(self, key, asyncio.get_running_loop())
+        flight = Flight(self, key, self._loop)
         self._flights[key] = flight
         return flight
 

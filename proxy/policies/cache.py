@@ -102,7 +102,7 @@ class CachePolicy:
         self.store = store
         self._clock = clock
         self._shared = shared
-        self._flights = Flights()
+        self._flights = Flights(asyncio.get_running_loop())
         self._endpoints = frozenset(Endpoint(e) for e in config.endpoints)
         self._embeddings = EmbeddingCache(store, clock, config.version)
         self._default = Directives(True, config.ttl > 0, config.ttl)

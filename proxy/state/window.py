@@ -288,6 +288,13 @@ class RedisWindowCounter:
         self._since = 0.0  # loop time of the oldest pending settle
         self._sending: set[asyncio.Task[None]] = set()
         self._keys: dict[str, str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop, read once: on Python 3.11 `get_running_loop` is a system call (pid check)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def _key(self, charge: Charge) -> str:
         key = self._keys.get(charge.key)
@@ -324,7 +331,7 @@ class RedisWindowCounter:
             elif not charge.window:
                 self._pending.append((self._key(charge), [0, "c", 0, lease]))
         if self._pending and not waiting:
-            loop = asyncio.get_running_loop()
+            loop = self._running_loop()
             self._since = loop.time()
             if self._timer is None:
                 self._timer = loop.call_later(SETTLE_DELAY, self._send_due)
@@ -340,7 +347,7 @@ class RedisWindowCounter:
         self._timer = None
         if not self._pending:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         early = self._since + SETTLE_DELAY - loop.time()
         if early > 0:
             self._timer = loop.call_later(early, self._send_due)
@@ -350,7 +357,7 @@ class RedisWindowCounter:
     def _send_pending(self) -> None:
         entries = self._take_pending()
         if entries:
-            task = asyncio.get_running_loop().create_task(self._send(entries))
+            task = self._running_loop().create_task(self._send(entries))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 

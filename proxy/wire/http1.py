@@ -95,13 +95,18 @@ class Http1Pool:
         self._ssl = ssl_context
         self._keepalive = keepalive
         self._idle: dict[str, deque[_Connection]] = {}  # by Origin.key
+        # The loop of the first request: a pool serves one loop. Kept because on Python 3.11
+        # `get_running_loop` costs a system call (a pid check) on every call.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._open: set[_Connection] = set()
 
     async def request(self, origin: Origin, method: str, target: str,
                       headers: list[tuple[str, str]], body: bytes,
                       deadlines: Deadlines) -> Http1Response:
         """Send one request and wait for the answer's headers; the body is read from the result."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         started = loop.time()
         conn = self._reusable(origin, started) or await self._connect(origin, deadlines.connect)
         head = _head(method, target, origin.host_header, headers, len(body))
