@@ -1,0 +1,93 @@
+"""Throughput differences of a few percent between configs, which `bench/run.py` cannot resolve.
+
+    python bench/ab.py [--processes 2] [--rounds 15] [--seconds 3] CONFIG CONFIG...
+
+On these shared cores one process of a config can run 5% slower than another process of the same
+config for its whole life, and a burst of other work moves a single window by 10%. So this starts
+`--processes` sidecars per config, measures only throughput (wrk, 64 connections, proxies on core
+0, mock and wrk on core 1) in many short windows interleaved over every process, and reports per
+process the median req/s of its windows, per config the mean of its processes' medians, and each
+config against the first. Markdown on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from loadgen import BenchError, run_wrk
+from processes import Processes
+from run import CHAT, LOAD_CPU, Target, check_target, exclusive, start_sidecar, start_targets
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("configs", nargs="+", type=Path, help="sidecar configs; the first is the base")
+    parser.add_argument("--processes", type=int, default=2, help="sidecar processes per config")
+    parser.add_argument("--rounds", type=int, default=15, help="windows per process")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of one window")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections")
+    return parser
+
+
+async def measure(args: argparse.Namespace, procs: Processes, tmp: Path) -> str:
+    setup = argparse.Namespace(chunks=50, chunk_delay=0.002, no_sidecar=True, configs=[])
+    mock = (await start_targets(setup, procs, tmp))[0].base
+    targets: list[tuple[Path, Target]] = []
+    for copy in range(args.processes):
+        (tmp / f"p{copy}").mkdir()
+        for config in args.configs:
+            target = await start_sidecar(config.resolve(), mock, procs, tmp / f"p{copy}")
+            await check_target(target)
+            targets.append((config, target))
+    windows: dict[int, list[float]] = {i: [] for i in range(len(targets))}
+    for round_ in range(args.rounds):
+        shift = round_ % len(targets)
+        for index in [*range(shift, len(targets)), *range(shift)]:
+            url = targets[index][1].base + CHAT
+            await run_wrk(url, args.connections, 1)  # settle after the other target's load
+            windows[index].append((await run_wrk(url, args.connections, args.seconds)).rps)
+        print(f"[ab] round {round_ + 1}/{args.rounds}", file=sys.stderr, flush=True)
+    medians = {i: statistics.median(w) for i, w in windows.items()}
+    lines = [f"Command: `python bench/ab.py {' '.join(sys.argv[1:])}`", "",
+             "| config | median req/s per process | mean | vs first |", "|---|---|---:|---:|"]
+    base = None
+    for config in args.configs:
+        mine = [medians[i] for i, (c, _) in enumerate(targets) if c == config]
+        mean = statistics.fmean(mine)
+        base = base or mean
+        per = ", ".join(f"{m:,.0f}" for m in mine)
+        lines.append(f"| {config.name} | {per} | {mean:,.0f} | {mean / base - 1:+.1%} |")
+    return "\n".join(lines)
+
+
+async def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    pinned = shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
+    if pinned:
+        os.sched_setaffinity(0, {LOAD_CPU})
+    with tempfile.TemporaryDirectory(prefix="llm-sidecar-ab-") as tmp:
+        procs = Processes(Path(tmp), pinned)
+        try:
+            async with exclusive(900.0):
+                print(await measure(args, procs, Path(tmp)))
+        except BenchError as exc:
+            print(f"benchmark failed: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await procs.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))
