@@ -72,6 +72,8 @@ def test_request_id_is_propagated_or_made_and_overhead_reported(sidecar: Sidecar
     assert sidecar.mock.received[-1].headers["X-Request-Id"] == "req-123"
     made = post(sidecar, "/v1/chat/completions", b"{}")
     assert len(made.headers["x-request-id"]) >= 16
+    ids = {post(sidecar, "/v1/chat/completions", b"{}").headers["x-request-id"] for _ in range(5)}
+    assert len(ids) == 5 and made.headers["x-request-id"] not in ids  # every request its own
 
 
 def test_hop_by_hop_headers_dropped_host_rewritten_traceparent_kept(sidecar: Sidecar) -> None:

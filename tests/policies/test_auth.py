@@ -69,6 +69,9 @@ def test_without_keys_the_client_key_is_the_identity() -> None:
     two = open_policy.identify(exchange({"Authorization": "Bearer sk-b"}))
     assert one.key_id != two.key_id and "sk-a" not in one.key_id
     assert open_policy.identify(exchange({})).key_id == "anonymous"
+    # identities are remembered per header: spelled differently, the same key is the same caller
+    assert open_policy.identify(exchange({"Authorization": "bearer  sk-a"})).key_id == one.key_id
+    assert open_policy.identify(exchange({"Authorization": "Bearer sk-b"})).key_id == two.key_id
 
 
 @pytest.mark.parametrize(("text", "tags"), [
