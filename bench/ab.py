@@ -23,7 +23,7 @@ from pathlib import Path
 
 from loadgen import BenchError, run_wrk
 from processes import Processes
-from run import CHAT, LOAD_CPU, Target, check_target, exclusive, start_sidecar, start_targets
+from run import CHAT, LOAD_CPU, Target, check_target, exclusive, start_mock, start_sidecar
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,8 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def measure(args: argparse.Namespace, procs: Processes, tmp: Path) -> str:
-    setup = argparse.Namespace(chunks=50, chunk_delay=0.002, no_sidecar=True, configs=[])
-    mock = (await start_targets(setup, procs, tmp))[0].base
+    mock = await start_mock(procs)
     targets: list[tuple[Path, Target]] = []
     for copy in range(args.processes):
         (tmp / f"p{copy}").mkdir()

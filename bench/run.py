@@ -89,16 +89,21 @@ async def measure(target: Target, args: argparse.Namespace) -> Sample:
     return Sample(throughput, latency, stream)
 
 
-async def start_targets(args: argparse.Namespace, procs: Processes, logdir: Path) -> list[Target]:
-    python = sys.executable
+async def start_mock(procs: Processes, chunks: int = 50, chunk_delay: float = 0.002) -> str:
+    """The fast mock upstream on the load core; returns its base URL."""
     port = free_port()
-    mock_cmd = [python, "-m", "tests.mock_upstream", "--fast", "--port", str(port),
-                "--chunks", str(args.chunks), "--chunk-delay", str(args.chunk_delay)]  # fmt: skip
+    mock_cmd = [sys.executable, "-m", "tests.mock_upstream", "--fast", "--port", str(port),
+                "--chunks", str(chunks), "--chunk-delay", str(chunk_delay)]  # fmt: skip
     mock = await procs.start("mock", mock_cmd, cpu=LOAD_CPU, cwd=REPO, env={"PYTHONPATH": str(REPO)})
     mock_base = f"http://127.0.0.1:{port}"
     await wait_ready(mock_base + "/v1/models", mock)
+    return mock_base
+
+
+async def start_targets(args: argparse.Namespace, procs: Processes, logdir: Path) -> list[Target]:
+    mock_base = await start_mock(procs, args.chunks, args.chunk_delay)
     port = free_port()
-    bare_cmd = [python, str(REPO / "bench" / "passthrough.py"), "--port", str(port),
+    bare_cmd = [sys.executable, str(REPO / "bench" / "passthrough.py"), "--port", str(port),
                 "--upstream", mock_base]  # fmt: skip
     bare = await procs.start("bare", bare_cmd, cpu=PROXY_CPU)
     await wait_ready(f"http://127.0.0.1:{port}/v1/models", bare)
