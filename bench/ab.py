@@ -37,6 +37,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def interleave(targets: list[Target], args: argparse.Namespace) -> list[float]:
+    """Each target's median req/s over `args.rounds` windows, interleaved over all targets."""
+    windows: list[list[float]] = [[] for _ in targets]
+    for round_ in range(args.rounds):
+        shift = round_ % len(targets)
+        for index in [*range(shift, len(targets)), *range(shift)]:
+            url = targets[index].base + CHAT
+            await run_wrk(url, args.connections, 1)  # settle after the other target's load
+            windows[index].append((await run_wrk(url, args.connections, args.seconds)).rps)
+        print(f"[bench] round {round_ + 1}/{args.rounds}", file=sys.stderr, flush=True)
+    return [statistics.median(w) for w in windows]
+
+
 async def measure(args: argparse.Namespace, procs: Processes, tmp: Path) -> str:
     mock = await start_mock(procs)
     targets: list[tuple[Path, Target]] = []
@@ -46,15 +59,7 @@ async def measure(args: argparse.Namespace, procs: Processes, tmp: Path) -> str:
             target = await start_sidecar(config.resolve(), mock, procs, tmp / f"p{copy}")
             await check_target(target)
             targets.append((config, target))
-    windows: dict[int, list[float]] = {i: [] for i in range(len(targets))}
-    for round_ in range(args.rounds):
-        shift = round_ % len(targets)
-        for index in [*range(shift, len(targets)), *range(shift)]:
-            url = targets[index][1].base + CHAT
-            await run_wrk(url, args.connections, 1)  # settle after the other target's load
-            windows[index].append((await run_wrk(url, args.connections, args.seconds)).rps)
-        print(f"[ab] round {round_ + 1}/{args.rounds}", file=sys.stderr, flush=True)
-    medians = {i: statistics.median(w) for i, w in windows.items()}
+    medians = dict(enumerate(await interleave([t for _, t in targets], args)))
     lines = [f"Command: `python bench/ab.py {' '.join(sys.argv[1:])}`", "",
              "| config | median req/s per process | mean | vs first |", "|---|---|---:|---:|"]
     base = None

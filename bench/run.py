@@ -18,7 +18,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,10 +115,12 @@ async def start_targets(args: argparse.Namespace, procs: Processes, logdir: Path
     return targets
 
 
-async def start_sidecar(config: Path, mock_base: str, procs: Processes, logdir: Path) -> Target:
+async def start_sidecar(config: Path, mock_base: str, procs: Processes, logdir: Path,
+                        launcher: Sequence[str] = ("-m", "proxy")) -> Target:
+    """A sidecar on the proxy core; `launcher` is what runs `serve` (bench/floors.py swaps it)."""
     port = free_port()
-    name = f"sidecar-{config.stem}"
-    command = [sys.executable, "-m", "proxy", "serve", "--config", str(config),
+    name = f"sidecar-{config.stem}-{port}"
+    command = [sys.executable, *launcher, "serve", "--config", str(config),
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     env = {"BENCH_UPSTREAM_URL": mock_base + "/v1", "BENCH_OTLP_ENDPOINT": mock_base,
            "SIDECAR_STATE__DATA_DIR": str(logdir / name)}
