@@ -11,9 +11,10 @@ correctness beyond the happy path of this one request shape. A real implementati
 this and more, so it costs more than its floor.
 - cache miss: canonical key (sorted-key JSON without the transport fields, BLAKE2b, the caller's
   key id from a memo), a lookup, the answer kept in a bounded LRU, the two response headers.
-- limits: the prompt's token count (tiktoken), two sliding windows of two counters each checked
-  and charged and a concurrency count (three rules), the x-ratelimit headers, then the answer's
-  usage read, the token window reconciled and the concurrency slot released.
+- limits (three rules): the prompt's token count (tiktoken), three sliding windows (requests and
+  tokens per key, requests per model; each a previous and a current counter) checked and charged,
+  a concurrency count, the x-ratelimit headers, then the answer's usage read, the token window
+  reconciled and the concurrency slot released.
 - budgets: a price estimate reserved on two budgets (the input bounded by the body's length in
   bytes, not counted), then the answer's usage read, its cost settled on both, the cost header.
 - tracing: ids and timestamps for a SERVER and a CLIENT span, their attributes from the request
