@@ -64,12 +64,16 @@ class Detector:
 
 
 def _outside(clusters: list[Cluster], spans: list[Span]) -> list[Cluster]:
+    """The clusters (in text order) that no span contains, in one sweep: a cluster is inside
+    when a span starting at or before it reaches as far as its end."""
+    ordered = sorted(spans)
     kept = []
+    reach, index, count = -1, 0, len(ordered)
     for cluster in clusters:
-        for start, end in spans:
-            if start <= cluster[0] and cluster[1] <= end:
-                break
-        else:
+        while index < count and ordered[index][0] <= cluster[0]:
+            reach = max(reach, ordered[index][1])
+            index += 1
+        if cluster[1] > reach:
             kept.append(cluster)
     return kept
 

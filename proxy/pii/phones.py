@@ -33,6 +33,8 @@ _NOT_PHONE_WORDS = frozenset({
     "serial", "part", "item", "product", "ticket", "case", "po", "id", "version", "build",
     "account", "acct", "customer", "iban", "epoch", "timestamp",
 })
+# The date shapes of `_NEVER_PHONE`, which reject a candidate by its start alone.
+_DATE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}")
 _FILLER_WORDS = frozenset({"no", "no.", "nr", "nr.", "number", "#", "num", "id", "is", ":"})
 
 
@@ -83,7 +85,11 @@ class PhoneRecognizer:
         text = facts.text
         spans: list[Span] = []
         for start, end, digits in facts.clusters:
-            if digits < 7:
+            if digits < 7 or (_DATE.match(text, start, end) is not None
+                               and text.find(" ", start, end) < 0
+                               and (start == 0 or text[start - 1] not in "+(")):
+                # A date with nothing before it: `_confirm` would turn away the one candidate
+                # a spaceless cluster gets, so tables and logs full of dates skip the regex.
                 continue
             pos = start
             while pos < end:

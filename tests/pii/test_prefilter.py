@@ -4,6 +4,8 @@ values after non-latin text, at either end, inside number tables, next to look-a
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from proxy.pii import PiiEngine
 
@@ -42,6 +44,27 @@ def test_values_inside_a_number_table_are_found(engine: PiiEngine) -> None:
     assert found(engine, "\n".join(rows)) == [
         ("phone", "+1-212-555-0123"), ("credit_card", "4111 1111 1111 1111"),
         ("ip_address", "10.20.30.40"), ("ssn", "536-22-1234")]
+
+
+VALUES = [("phone", "+1-212-555-0123"), ("credit_card", "4111 1111 1111 1111"),
+          ("ip_address", "10.20.30.40"), ("ssn", "536-22-1234"), ("email", "ana@example.org"),
+          ("phone", "+44 20 7946 0958"), ("iban", "DE89 3704 0044 0532 0130 00")]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(9, 80), placed=st.lists(
+    st.tuples(st.integers(0, 79), st.sampled_from(VALUES)), min_size=1, max_size=4,
+    unique_by=lambda p: p[0]))
+def test_values_anywhere_in_a_table_of_dates_and_decimals_are_found(
+        engine: PiiEngine, size: int, placed: list[tuple[int, tuple[str, str]]]) -> None:
+    # Dense enough for the one-pass cluster search; every row holds a date (never a phone).
+    rows = [f"{i},{i * 37 % 1000},{i * 7919 % 100000}.{i % 100:02d},2024-0{i % 9 + 1}-1{i % 9}"
+            for i in range(1, size + 1)]
+    expected = []
+    for row, (entity, value) in sorted((r % size, v) for r, v in placed):
+        rows[row] += f", {value}"
+        expected.append((entity, value))
+    assert found(engine, "\n".join(rows)) == expected
 
 
 @pytest.mark.parametrize(("address", "valid"), [
