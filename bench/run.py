@@ -172,8 +172,10 @@ async def exclusive(seconds: float) -> AsyncIterator[None]:
 def _workload(args: argparse.Namespace) -> str:
     each = max(1.0, args.duration / args.rounds)
     prompts = "a distinct prompt per request" if args.unique else "the same prompt every time"
+    custom = os.environ.get("BENCH_BODY")  # read by bench/post.lua
+    body = f"a {len(custom.encode()):,}-byte body from BENCH_BODY" if custom else "~100-byte body"
     return (
-        f"Workload: POST {CHAT} (~100-byte body, ~1 KB JSON answer; {prompts}) with wrk; {args.rounds} "
+        f"Workload: POST {CHAT} ({body}, ~1 KB JSON answer; {prompts}) with wrk; {args.rounds} "
         f"interleaved rounds of {each:g} s per measurement, medians shown; streams: {args.chunks} "
         f"events {args.chunk_delay * 1000:g} ms apart, one at a time, timed to the first body byte."
     )
