@@ -19,6 +19,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from loadgen import BenchError, run_wrk
@@ -37,6 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One thing to measure: a label, the config its sidecars load, and what runs `serve`."""
+
+    label: str
+    config: Path
+    launcher: tuple[str, ...] = ("-m", "proxy")
+
+
 async def interleave(targets: list[Target], args: argparse.Namespace) -> list[float]:
     """Each target's median req/s over `args.rounds` windows, interleaved over all targets."""
     windows: list[list[float]] = [[] for _ in targets]
@@ -50,47 +60,58 @@ async def interleave(targets: list[Target], args: argparse.Namespace) -> list[fl
     return [statistics.median(w) for w in windows]
 
 
-async def measure(args: argparse.Namespace, procs: Processes, tmp: Path) -> str:
+async def _measure(variants: list[Variant], args: argparse.Namespace, procs: Processes,
+                   tmp: Path) -> list[str]:
     mock = await start_mock(procs)
-    targets: list[tuple[Path, Target]] = []
+    targets: list[tuple[Variant, Target]] = []
     for copy in range(args.processes):
         (tmp / f"p{copy}").mkdir()
-        for config in args.configs:
-            target = await start_sidecar(config.resolve(), mock, procs, tmp / f"p{copy}")
+        for variant in variants:
+            target = await start_sidecar(variant.config, mock, procs, tmp / f"p{copy}",
+                                         launcher=variant.launcher)
             await check_target(target)
-            targets.append((config, target))
-    medians = dict(enumerate(await interleave([t for _, t in targets], args)))
-    lines = [f"Command: `python bench/ab.py {' '.join(sys.argv[1:])}`", "",
-             "| config | median req/s per process | mean | vs first |", "|---|---|---:|---:|"]
-    base = None
-    for config in args.configs:
-        mine = [medians[i] for i, (c, _) in enumerate(targets) if c == config]
+            targets.append((variant, target))
+    medians = await interleave([t for _, t in targets], args)
+    lines = ["| variant | median req/s per process | mean | vs first | CPU us/request added |",
+             "|---|---|---:|---:|---:|"]
+    base = 0.0
+    for variant in variants:
+        mine = [m for (v, _), m in zip(targets, medians, strict=True) if v is variant]
         mean = statistics.fmean(mine)
         base = base or mean
         per = ", ".join(f"{m:,.0f}" for m in mine)
-        lines.append(f"| {config.name} | {per} | {mean:,.0f} | {mean / base - 1:+.1%} |")
-    return "\n".join(lines)
+        lines.append(f"| {variant.label} | {per} | {mean:,.0f} | {mean / base - 1:+.1%} | "
+                     f"{(1 / mean - 1 / base) * 1e6:+.1f} |")
+    return lines
 
 
-async def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+async def compare(variants: list[Variant], args: argparse.Namespace, command: str) -> int:
+    """Measure `variants` (`args.processes` sidecars each, the first is the base) and print a
+    markdown table headed by `command`; the exit status."""
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
     pinned = shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
     if pinned:
-        os.sched_setaffinity(0, {LOAD_CPU})
+        os.sched_setaffinity(0, {LOAD_CPU})  # children (mock, wrk) inherit core 1
     with tempfile.TemporaryDirectory(prefix="llm-sidecar-ab-") as tmp:
         procs = Processes(Path(tmp), pinned)
         try:
             async with exclusive(900.0):
-                print(await measure(args, procs, Path(tmp)))
+                lines = await _measure(variants, args, procs, Path(tmp))
         except BenchError as exc:
             print(f"benchmark failed: {exc}", file=sys.stderr)
             return 1
         finally:
             await procs.stop_all()
+    print("\n".join([f"Command: `{command}`", "", *lines]))
     return 0
+
+
+async def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    variants = [Variant(config.name, config.resolve()) for config in args.configs]
+    return await compare(variants, args, f"python bench/ab.py {' '.join(argv)}")
 
 
 if __name__ == "__main__":

@@ -43,9 +43,7 @@ import hashlib
 import os
 import random
 import re
-import shutil
 import sys
-import tempfile
 import time
 import timeit
 from collections.abc import Awaitable, Callable
@@ -330,54 +328,18 @@ def serve(floor: str, argv: list[str]) -> int:
     return cli.main(argv)
 
 
-async def load(args: argparse.Namespace) -> str:
+async def load(args: argparse.Namespace) -> int:
+    """Each floor as the sidecar's only policy, and `args.configs` as they are, against none."""
     sys.path.insert(0, str(REPO / "bench"))
-    from ab import interleave
-    from processes import Processes
-    from run import LOAD_CPU, check_target, exclusive, start_mock, start_sidecar
+    from ab import Variant, compare
 
-    os.environ["BENCH_UNIQUE"] = "1"
-    pinned = shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
-    if pinned:
-        os.sched_setaffinity(0, {LOAD_CPU})
+    os.environ["BENCH_UNIQUE"] = "1"  # read by bench/post.lua: the cache floor only misses
     none = REPO / "bench" / "configs" / "none.toml"
-    names = ["none", *args.floors, *args.configs]
-    with tempfile.TemporaryDirectory(prefix="llm-sidecar-floors-") as tmp:
-        procs = Processes(Path(tmp), pinned)
-        try:
-            async with exclusive(900.0):
-                mock = await start_mock(procs)
-                targets = []
-                for copy in range(args.processes):
-                    (Path(tmp) / f"p{copy}").mkdir()
-                    for name in names:
-                        launcher = ("-m", "proxy") if real_config(name) else (str(HERE), "serve-floor", name)
-                        config = Path(name) if name.endswith(".toml") else none
-                        target = await start_sidecar(config, mock, procs, Path(tmp) / f"p{copy}",
-                                                     launcher=launcher)
-                        await check_target(target)
-                        targets.append((name, target))
-                medians = await interleave([t for _, t in targets], args)
-        finally:
-            await procs.stop_all()
-    lines = [f"Command: `python bench/floors.py {' '.join(sys.argv[1:])}`", "",
-             "| sidecar with | median req/s per process | mean | vs none | CPU us/request added |",
-             "|---|---|---:|---:|---:|"]
-    base = 0.0
-    for name in names:
-        mine = [m for (n, _), m in zip(targets, medians, strict=True) if n == name]
-        mean = sum(mine) / len(mine)
-        base = base or mean
-        added = (1 / mean - 1 / base) * 1e6
-        per = ", ".join(f"{m:,.0f}" for m in mine)
-        label = Path(name).name if real_config(name) else f"{name} floor"
-        lines.append(f"| {label} | {per} | {mean:,.0f} | "
-                     f"{mean / base - 1:+.1%} | {added:+.1f} |")
-    return "\n".join(lines)
-
-
-def real_config(name: str) -> bool:
-    return name == "none" or name.endswith(".toml")
+    variants = [Variant("none", none),
+                *(Variant(f"{name} floor", none, (str(HERE), "serve-floor", name))
+                  for name in args.floors),
+                *(Variant(Path(config).name, Path(config)) for config in args.configs)]
+    return await compare(variants, args, f"python bench/floors.py {' '.join(sys.argv[1:])}")
 
 
 def main(argv: list[str]) -> int:
@@ -407,8 +369,7 @@ def main(argv: list[str]) -> int:
     if args.body:
         os.environ["BENCH_BODY"] = Path(args.body).read_text()  # read by bench/post.lua
     args.configs = [str(Path(config).resolve()) for config in args.configs]
-    print(asyncio.run(load(args)))
-    return 0
+    return asyncio.run(load(args))
 
 
 if __name__ == "__main__":

@@ -126,15 +126,11 @@ def _dense(text: str, at: int, found: list[Cluster], flags: int) -> tuple[list[C
     # (with no match left, `counts` is [0]: not strict)
     found.extend([(match.start(), match.end(), digits)
                   for match, digits in zip(matches, counts, strict=False)])
-    for index in [i for i, cluster in enumerate(groups) if cluster.count(".") >= 3]:
-        if counts[index] >= 4:
-            flags |= DOTTED
-            break
-    if not flags & SSN_SHAPED:
-        for index in [i for i, digits in enumerate(counts) if digits >= 9]:
-            if _SSN_SHAPE.search(groups[index]):
-                flags |= SSN_SHAPED
-                break
+    if any(counts[i] >= 4 for i, cluster in enumerate(groups) if cluster.count(".") >= 3):
+        flags |= DOTTED
+    if not flags & SSN_SHAPED and any(_SSN_SHAPE.search(groups[i])
+                                      for i, digits in enumerate(counts) if digits >= 9):
+        flags |= SSN_SHAPED
     most = max([c[2] for c in found])
     return found, flags | (DIGITS7 if most >= 7 else 0) | (DIGITS13 if most >= 13 else 0)
 

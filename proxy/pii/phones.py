@@ -23,9 +23,11 @@ _PHONE = re.compile(
 )
 _PHONE_EXT = re.compile(r"\s?(?:x|ext\.?)\s?\d{1,6}$")
 # Dates, the SSN's 3-2-4 shape and dotted quads are never phones, even where the digits dial.
+# A date rejects a candidate by its start alone (`_DATE`); the other two must be all of it.
+_DATES = r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}"
+_DATE = re.compile(_DATES)
 _NEVER_PHONE = re.compile(
-    r"^(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|\d{3}([- ])\d{2}\1\d{4}$"
-    r"|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$)"
+    rf"^(?:{_DATES}|\d{{3}}([- ])\d{{2}}\1\d{{4}}$|\d{{1,3}}\.\d{{1,3}}\.\d{{1,3}}\.\d{{1,3}}$)"
 )
 # Words that introduce a number that is not a phone ("Order #", "invoice no.", "ISBN").
 _NOT_PHONE_WORDS = frozenset({
@@ -33,8 +35,6 @@ _NOT_PHONE_WORDS = frozenset({
     "serial", "part", "item", "product", "ticket", "case", "po", "id", "version", "build",
     "account", "acct", "customer", "iban", "epoch", "timestamp",
 })
-# The date shapes of `_NEVER_PHONE`, which reject a candidate by its start alone.
-_DATE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}")
 _FILLER_WORDS = frozenset({"no", "no.", "nr", "nr.", "number", "#", "num", "id", "is", ":"})
 
 
