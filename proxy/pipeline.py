@@ -64,6 +64,7 @@ class PolicyContext:
     admin_routes: dict[tuple[str, str], AdminHandler] = field(default_factory=dict)
     readiness: dict[str, ReadinessCheck] = field(default_factory=dict)
     upstream_wrappers: list[Callable[[Handler], Handler]] = field(default_factory=list)
+    steps: list[Callable[[Exchange], None]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
     def add_admin_route(self, method: str, path: str, handler: AdminHandler) -> None:
@@ -77,6 +78,11 @@ class PolicyContext:
         """Wrap the innermost call (the upstream request), e.g. in a CLIENT span."""
         self.upstream_wrappers.append(wrapper)
 
+    def add_step(self, step: Callable[[Exchange], None]) -> None:
+        """Run `step` on every exchange before the outermost layer: for work that never answers,
+        refuses or waits (deriving who is calling), which then costs one call instead of a layer."""
+        self.steps.append(step)
+
     def terminal(self, upstream: Handler) -> Handler:
         for wrapper in self.upstream_wrappers:
             upstream = wrapper(upstream)
@@ -84,14 +90,18 @@ class PolicyContext:
 
 
 class Pipeline:
-    def __init__(self, policies: Sequence[Policy], terminal: Handler) -> None:
+    def __init__(self, policies: Sequence[Policy], terminal: Handler,
+                 steps: Sequence[Callable[[Exchange], None]] = ()) -> None:
         self.policies = tuple(policies)
+        self._steps = tuple(steps)
         handler = terminal
         for policy in reversed(self.policies):
             handler = _bind(policy, handler)
         self._handler = handler
 
     async def __call__(self, ex: Exchange) -> Reply:
+        for step in self._steps:
+            step(ex)
         return await self._handler(ex)
 
     async def aclose(self) -> None:

@@ -107,7 +107,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         context.extras["pricing"] = await asyncio.to_thread(
             Pricing.load, settings.pricing.models, settings.pricing.default)
         policies = await create_policies(config.policies, context)
-        pipeline = Pipeline(policies, context.terminal(router))
+        pipeline = Pipeline(policies, context.terminal(router), context.steps)
         try:
             app[SERVICES] = Services(config, router, pipeline, context, RequestIds())
             # Everything built so far lives as long as the app: keep it out of the collector's

@@ -18,7 +18,9 @@ log = logging.getLogger("proxy.tokens")
 
 _O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o")
 _THREAD_THRESHOLD = 64 * 1024  # characters; tokenising more than this goes off the event loop
-_TEXT_KEYS = frozenset({"content", "text", "arguments", "name", "input", "output"})
+# keys whose values hold text the model reads (a history's tool calls included)
+_TEXT_KEYS = frozenset({"content", "text", "arguments", "name", "input", "output",
+                        "tool_calls", "function", "function_call"})
 _SMALL_BODY = 16 * 1024  # bytes: too little text to be worth even measuring for a thread hop
 
 
@@ -115,3 +117,16 @@ def _strings(value: Any, whole: bool, found: list[str]) -> None:
         for key, item in value.items():
             if whole or key in _TEXT_KEYS:
                 _strings(item, whole, found)
+
+
+def byte_bound(ex: Exchange) -> int | None:
+    """An upper bound on the input tokens of a request, free to compute: its body's length in bytes.
+
+    Every token of a byte-level BPE stands for at least one byte of text, JSON spells text with at
+    least as many bytes (more when escaped), and a message's 3 tokens of framing are fewer than
+    the bytes of its `{"role": ...}`. None when the body was changed by a policy (the bytes read
+    are not the ones sent) or was never read.
+    """
+    if ex.body_changed or ex.body is None or not ex.raw_body:
+        return None
+    return len(ex.raw_body)

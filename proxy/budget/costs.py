@@ -16,14 +16,12 @@ from proxy.wire import sse
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 
 
-def answer_cost(reply: Reply, price: Price, bound: float) -> float:
-    """The real cost from `usage`; nothing for an error; the reserved bound when usage is missing."""
+def answer_cost(reply: Reply, price: Price) -> float | None:
+    """The real cost from `usage`; nothing for an error; None for an answer without usage."""
     tokens = read_usage(reply.final_usage())
     if tokens is not None:
         return price.cost(tokens)
-    if not reply.ok:
-        return 0.0
-    return bound
+    return 0.0 if not reply.ok else None
 
 
 def usd_text(cost: float) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from proxy.policies.auth import AuthPolicy
 from proxy.settings import Settings
 
 if TYPE_CHECKING:
@@ -90,7 +91,15 @@ async def create_policies(configs: Mapping[str, Any], ctx: PolicyContext) -> lis
         policy = await _module(spec).create(configs[spec.section], ctx)
         if policy is not None:
             built.append((spec, policy))
-    # Without [[keys]] identity only feeds other policies; with none that reads it, skip the layer.
+    # Without [[keys]] nobody is refused: identity only feeds the policies that read it, derived
+    # in a step before the layers (or not at all when none reads it).
     readers = any(spec.reads_identity for spec, _ in built if spec.section != "keys")
-    return [policy for spec, policy in built
-            if spec.section != "keys" or configs["keys"] or readers]
+    layers: list[Policy] = []
+    for spec, policy in built:
+        if spec.section == "keys" and not configs["keys"]:
+            assert isinstance(policy, AuthPolicy)
+            if readers:
+                ctx.add_step(policy.identify_into)
+            continue
+        layers.append(policy)
+    return layers

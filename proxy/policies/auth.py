@@ -65,6 +65,10 @@ class AuthPolicy:
         ex.identity = self.identify(ex)
         return await call_next(ex)
 
+    def identify_into(self, ex: Exchange) -> None:
+        """The pipeline step used instead of the layer when no [[keys]] can refuse a caller."""
+        ex.identity = self.identify(ex)
+
     def identify(self, ex: Exchange) -> Identity:
         header = ex.headers.get("Authorization", "")
         plain = not _SELF_DESCRIBED.intersection(ex.body or ()) and not (

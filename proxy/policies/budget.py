@@ -30,6 +30,7 @@ from proxy.pricing import ModelPrice, Price, Pricing
 from proxy.state import StateBackend
 from proxy.state.base import BudgetLedger, Reservation
 from proxy.state.ledger import NANO, MemoryLedger, RedisLedger, to_nano
+from proxy.tokens import byte_bound
 from proxy.units import Duration
 
 log = logging.getLogger("proxy.budget")
@@ -152,6 +153,8 @@ class BudgetPolicy:
         self._counting = not isinstance(self._spend, NoOpCounter)  # no meter: skip the attributes
         # The memory ledger decides without waiting: called directly, it costs no coroutine.
         self._memory = ledger if isinstance(ledger, MemoryLedger) else None
+        # Holds in flight taken on the body-length bound of their input (memory ledger only).
+        self._loose: dict[str, tuple[Exchange, Plan]] = {}
 
     async def __call__(self, ex: Exchange, call_next: Handler) -> Reply:
         if ex.endpoint not in _COSTED:
@@ -161,17 +164,10 @@ class BudgetPolicy:
         price = plan.price
         if price is None:
             raise _no_price(ex, plan)
-        tokens_in = ex.input_tokens
-        if tokens_in is None:
-            tokens_in = await self._tokens.count_exchange(ex)
-        bound = _bound(ex, price, plan, tokens_in)
         held = _NOTHING_HELD
         if plan.hard:
-            amount = to_nano(bound)
-            held = self._memory.reserve_now(plan.hard_keys, plan.caps, amount, plan.hold, now) \
-                if self._memory is not None else await self._reserve(plan, amount, now)
-            if held.id is None:
-                raise _refusal(ex, plan, held, amount)
+            # far from the cap the loose hold is taken without a coroutine or a token count
+            held = self._hold_loosely(ex, plan, price, now) or await self._admit(ex, plan, price, now)
         ex.needs_usage = True
         try:
             reply = await call_next(ex)
@@ -181,9 +177,11 @@ class BudgetPolicy:
         if reply.stream is not None:
             if reply.sse:
                 reply.map_frames(cost_stamper(price))
-            reply.on_end(lambda done: self._settle(ex, held, plan, answer_cost(done, price, bound)))
+            reply.on_end(lambda done: self._finish(ex, held, plan, done))
             return reply
-        cost = answer_cost(reply, price, bound)
+        cost = answer_cost(reply, price)
+        if cost is None:
+            cost = await self._unmetered(ex, price, plan)
         # on the exchange, not the reply: a cache storing this reply must not replay its cost
         ex.reply_headers["x-sidecar-cost-usd"] = usd_text(cost)
         crossed = self._settle_here(ex, held, plan, cost) if self._memory is not None else \
@@ -192,8 +190,66 @@ class BudgetPolicy:
             await self._alerts(ex, crossed)
         return reply
 
+    def _hold_loosely(self, ex: Exchange, plan: Plan, price: Price, now: float) -> Reservation | None:
+        """Hold the request's bound on the memory ledger with its input bounded by the body's
+        length, which costs nothing to know; None when that is unknown or does not fit."""
+        memory = self._memory
+        if memory is None or ex.input_tokens is not None:
+            return None
+        loose = byte_bound(ex)
+        if loose is None:
+            return None
+        held = memory.reserve_now(plan.hard_keys, plan.caps, to_nano(_bound(ex, price, plan, loose)),
+                                  plan.hold, now)
+        if held.id is None:
+            return None
+        self._loose[held.id] = (ex, plan)
+        return held
+
+    async def _admit(self, ex: Exchange, plan: Plan, price: Price, now: float) -> Reservation:
+        """Hold the bound of the request's token count, or refuse it.
+
+        Before refusing, every hold still on a body-length bound is shrunk to its own token
+        count, so refusals are decided on token counts alone.
+        """
+        tokens_in = ex.input_tokens
+        if tokens_in is None:
+            tokens_in = await self._tokens.count_exchange(ex)
+        amount = to_nano(_bound(ex, price, plan, tokens_in))
+        held = await self._reserve(plan, amount, now)
+        if held.id is None and self._loose:
+            await self._tighten()
+            held = await self._reserve(plan, amount, now)
+        if held.id is None:
+            raise _refusal(ex, plan, held, amount)
+        return held
+
     async def _reserve(self, plan: Plan, amount: int, now: float) -> Reservation:
+        if self._memory is not None:
+            return self._memory.reserve_now(plan.hard_keys, plan.caps, amount, plan.hold, now)
         return await self.ledger.reserve(plan.hard_keys, plan.caps, amount, plan.hold, now)
+
+    async def _tighten(self) -> None:
+        """Shrink each hold taken on a body-length bound to the bound of its token count."""
+        assert self._memory is not None
+        loose, self._loose = self._loose, {}
+        for hold_id, (ex, plan) in loose.items():
+            assert plan.price is not None
+            tokens_in = await self._tokens.count_exchange(ex)
+            self._memory.shrink_now(hold_id, to_nano(_bound(ex, plan.price, plan, tokens_in)))
+
+    async def _finish(self, ex: Exchange, held: Reservation, plan: Plan, reply: Reply) -> None:
+        """Settle a stream, however it ended."""
+        assert plan.price is not None
+        cost = answer_cost(reply, plan.price)
+        if cost is None:
+            cost = await self._unmetered(ex, plan.price, plan)
+        await self._settle(ex, held, plan, cost)
+
+    async def _unmetered(self, ex: Exchange, price: Price, plan: Plan) -> float:
+        """The charge for an answer that reports no usage: the most it could have cost, its input
+        counted with the tokenizer (not bounded by the body's length)."""
+        return _bound(ex, price, plan, await self._tokens.count_exchange(ex))
 
     async def _settle(self, ex: Exchange, held: Reservation, plan: Plan, cost: float) -> None:
         crossed = self._settle_here(ex, held, plan, cost) if self._memory is not None else \
@@ -204,6 +260,8 @@ class BudgetPolicy:
     def _settle_here(self, ex: Exchange, held: Reservation, plan: Plan, cost: float) -> Crossed:
         """Settle on the memory ledger, which never waits; returns the alert marks crossed."""
         assert self._memory is not None
+        if held.id is not None:
+            self._loose.pop(held.id, None)
         if not plan.charged:
             ex.note("budget", cost_usd=cost)
             return ()

@@ -163,6 +163,17 @@ class MemoryLedger:
         self._holds[hold_id] = (holding, amount, now + hold)
         return Reservation(hold_id, holding, amount)
 
+    def shrink_now(self, hold_id: str, amount: int) -> None:
+        """Lower a hold in flight to `amount` (never raise it); gone already: nothing to do."""
+        entry = self._holds.get(hold_id)
+        if entry is None or amount >= entry[1]:
+            return
+        keys, before, expiry = entry
+        self._holds[hold_id] = (keys, amount, expiry)
+        held = self._held
+        for key in keys:
+            held[key] = held.get(key, 0) - (before - amount)
+
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + _SWEEP_EVERY
         for hold_id in [h for h, (_, _, expiry) in self._holds.items() if expiry <= now]:

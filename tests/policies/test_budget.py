@@ -171,6 +171,19 @@ def test_reservation_uses_max_tokens_so_a_request_that_may_not_fit_is_refused(
     assert bucket_spend(sidecar.url) == pytest.approx(1.1)
 
 
+def test_near_the_cap_a_long_prompt_is_judged_on_its_token_count(
+        start_sidecar: StartSidecar) -> None:
+    sidecar = start_sidecar(budget_toml(10.0))
+    text = " ".join(["hello"] * 40)  # 40 tokens, 239 bytes
+    bound = (TokenCounter().count_request({"messages": [{"role": "user", "content": text}]})
+             * 0.1 + 5 * 0.2)
+    assert bound < 10.0 < len(text) * 0.1  # the body's length would not fit, its tokens do
+    assert chat(sidecar.url, text).status_code == 200
+    refused = chat(sidecar.url, text)
+    assert refused.status_code == 429
+    assert f"may cost up to ${bound:.4f}" in refused.json()["error"]["message"]
+
+
 async def test_500_simultaneous_requests_never_overspend(start_sidecar: StartSidecar) -> None:
     sidecar = start_sidecar(budget_toml(BURST_CAP, prices=BURST_PRICES))
     statuses = await burst([sidecar.url], 500)
@@ -468,7 +481,8 @@ def test_redis_down_refuses_budgeted_requests_cleanly(start_sidecar: StartSideca
     assert sidecar.mock.count("/v1/chat/completions") == 1
 
 
-def test_a_stream_cut_short_is_charged_its_reservation(start_sidecar: StartSidecar) -> None:
+def test_a_stream_cut_short_is_charged_the_most_it_could_cost(
+        start_sidecar: StartSidecar) -> None:
     sidecar = start_sidecar(budget_toml(100))
     sidecar.mock.fault("drop_mid_stream", times=1, after=2)
     body: dict[str, Any] = {"model": "gpt-4o-mini", "max_tokens": 5, "stream": True,
@@ -477,6 +491,6 @@ def test_a_stream_cut_short_is_charged_its_reservation(start_sidecar: StartSidec
                       headers={"x-sidecar-team": "search"}) as answer:
         text = b"".join(answer.iter_bytes())
     assert b"upstream_stream_broken" in text
-    # no usage arrived: the reservation (input estimate + 5 output tokens) is the charge
+    # no usage arrived: the most it could cost (its input tokens + 5 output tokens) is charged
     reserved = TokenCounter().count_request(body, "gpt-4o-mini") * 0.1 + 5 * 0.2
     assert bucket_spend(sidecar.url) == pytest.approx(reserved)

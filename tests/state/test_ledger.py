@@ -91,6 +91,24 @@ async def test_a_crashed_processes_holds_lapse(ledger: BudgetLedger) -> None:
     assert (await ledger.reserve(["b|a"], [100], 11, HOLD, T0 + HOLD + 4)).id is None
 
 
+async def test_a_shrunk_hold_frees_room_and_settles_once(tmp_path: Path) -> None:
+    ledger = MemoryLedger(tmp_path / "spend.sqlite3")
+    await ledger.start()
+    try:
+        held = ledger.reserve_now(["b|a"], [100], 70, HOLD, T0)
+        assert ledger.reserve_now(["b|a"], [100], 40, HOLD, T0).id is None
+        ledger.shrink_now(held.id or "", 30)
+        ledger.shrink_now(held.id or "", 90)  # a hold never grows
+        other = ledger.reserve_now(["b|a"], [100], 70, HOLD, T0)
+        assert other.id is not None
+        assert ledger.settle_now(held, 25, []) == [25]
+        assert (await ledger.totals("b|"))["b|a"] == (25, 70)
+        ledger.shrink_now(held.id or "", 1)  # settled already: nothing changes
+        assert (await ledger.totals("b|"))["b|a"] == (25, 70)
+    finally:
+        await ledger.aclose()
+
+
 async def test_concurrent_reservations_never_exceed_the_cap(ledger: BudgetLedger) -> None:
     results = await asyncio.gather(
         *(ledger.reserve(["b|a"], [1000], 10, HOLD, T0) for _ in range(250)))
