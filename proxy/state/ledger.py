@@ -122,7 +122,7 @@ class MemoryLedger:
         self._spent: dict[str, int] = {}
         self._held: dict[str, int] = {}
         self._holds: dict[str, tuple[tuple[str, ...], int, float]] = {}
-        self._ids = itertools.count()
+        self._ids = map(str, itertools.count())
         self._marks: set[str] = set()
         self._next_sweep = 0.0
         self._deltas: dict[str, int] = {}
@@ -156,12 +156,13 @@ class MemoryLedger:
                 used = spent.get(key, 0) + held.get(key, 0)
                 if used + amount > cap:
                     return Reservation(None, tuple(keys), amount, index, used)
-        hold_id = str(next(self._ids))
+        hold_id = next(self._ids)
         holding = tuple(keys)
         for key in holding:
             held[key] = held.get(key, 0) + amount
         self._holds[hold_id] = (holding, amount, now + hold)
-        return Reservation(hold_id, holding, amount)
+        # tuple.__new__ skips the NamedTuple's Python-level constructor (this runs per request)
+        return tuple.__new__(Reservation, (hold_id, holding, amount, -1, 0))
 
     def shrink_now(self, hold_id: str, amount: int) -> None:
         """Lower a hold in flight to `amount` (never raise it); gone already: nothing to do."""
@@ -202,15 +203,12 @@ class MemoryLedger:
             self._release(reservation.id)
         spent, deltas = self._spent, self._deltas
         totals = []
-        for key in reservation.keys:
-            total = spent[key] = spent.get(key, 0) + actual
-            totals.append(total)
-        for key in charge:
-            total = spent[key] = spent.get(key, 0) + actual
-            totals.append(total)
-        if actual:
-            for key in (*reservation.keys, *charge):
-                deltas[key] = deltas.get(key, 0) + actual
+        for keys in (reservation.keys, charge):
+            for key in keys:
+                total = spent[key] = spent.get(key, 0) + actual
+                totals.append(total)
+                if actual:
+                    deltas[key] = deltas.get(key, 0) + actual
         return totals
 
     async def totals(self, prefix: str) -> dict[str, tuple[int, int]]:
@@ -285,7 +283,7 @@ class RedisLedger:
         self._alerts = connection.key("ledger", "budget", "alerts")
         self._in_flight = asyncio.Semaphore(_REDIS_IN_FLIGHT)
         self._origin = uuid.uuid4().hex[:16]  # hold ids: unique per process, counted within it
-        self._ids = itertools.count()
+        self._ids = map(str, itertools.count())
 
     async def reserve(self, keys: Sequence[str], caps: Sequence[int], amount: int,
                       hold: float, now: float) -> Reservation:
