@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -24,7 +22,7 @@ from pathlib import Path
 
 from loadgen import BenchError, run_wrk
 from processes import Processes
-from run import CHAT, LOAD_CPU, Target, check_target, exclusive, start_mock, start_sidecar
+from run import CHAT, Target, check_target, exclusive, pin_load, start_mock, start_sidecar
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,12 +86,9 @@ async def _measure(variants: list[Variant], args: argparse.Namespace, procs: Pro
 async def compare(variants: list[Variant], args: argparse.Namespace, command: str) -> int:
     """Measure `variants` (`args.processes` sidecars each, the first is the base) and print a
     markdown table headed by `command`; the exit status."""
-    if shutil.which("wrk") is None:
-        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+    pinned = pin_load()
+    if pinned is None:
         return 2
-    pinned = shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
-    if pinned:
-        os.sched_setaffinity(0, {LOAD_CPU})  # children (mock, wrk) inherit core 1
     with tempfile.TemporaryDirectory(prefix="llm-sidecar-ab-") as tmp:
         procs = Processes(Path(tmp), pinned)
         try:

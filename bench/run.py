@@ -181,16 +181,25 @@ def _workload(args: argparse.Namespace) -> str:
     )
 
 
+def pin_load() -> bool | None:
+    """None (said on stderr) without wrk; else whether the cores can be split, and if so this
+    process moves to the load core, where the mock and wrk it starts inherit it."""
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return None
+    pinned = shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
+    if pinned:
+        os.sched_setaffinity(0, {LOAD_CPU})
+    return pinned
+
+
 async def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.unique:
         os.environ["BENCH_UNIQUE"] = "1"  # read by bench/post.lua in every wrk run
-    if shutil.which("wrk") is None:
-        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+    pinned = pin_load()
+    if pinned is None:
         return 2
-    pinned = shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
-    if pinned:
-        os.sched_setaffinity(0, {LOAD_CPU})  # children (mock, wrk) inherit core 1
     task = asyncio.current_task()
     if task is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
