@@ -283,7 +283,7 @@ class RedisLedger:
         self._alerts = connection.key("ledger", "budget", "alerts")
         self._in_flight = asyncio.Semaphore(_REDIS_IN_FLIGHT)
         self._origin = uuid.uuid4().hex[:16]  # hold ids: unique per process, counted within it
-        self._ids = map(str, itertools.count())
+        self._ids = itertools.count()
 
     async def reserve(self, keys: Sequence[str], caps: Sequence[int], amount: int,
                       hold: float, now: float) -> Reservation:
